@@ -1,0 +1,1 @@
+"""Fingerprint -> plans -> preprocessed cases."""
