@@ -1,0 +1,1 @@
+"""Dataset converters (public vessel datasets, generic folders) and the synthetic vessel generator."""

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, vs_evaluate, vs_benchmark."""

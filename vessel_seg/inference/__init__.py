@@ -1,0 +1,1 @@
+"""Inference: sliding window, ensembles, postprocessing, export."""

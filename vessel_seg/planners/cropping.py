@@ -1,0 +1,39 @@
+"""Cropping to the non-zero region, shared by the fingerprint and preprocessing."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+
+def nonzero_bbox(data: np.ndarray) -> list[list[int]]:
+    """Bounding box ``[[start, stop], ...]`` over ``(Z, Y, X)`` of voxels non-zero in any channel.
+
+    ``data`` is ``(C, Z, Y, X)``. Holes inside the body are filled first so that the box follows the
+    body outline, as nnU-Net does. An all-zero image keeps its full extent.
+    """
+    mask = np.any(data != 0, axis=0)
+    if not mask.any():
+        return [[0, s] for s in mask.shape]
+    mask = ndimage.binary_fill_holes(mask)
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=other))
+        box.append([int(hits[0]), int(hits[-1]) + 1])
+    return box
+
+
+def crop_to_bbox(array: np.ndarray, bbox: list[list[int]]) -> np.ndarray:
+    """Crop the last ``len(bbox)`` axes of ``array`` to ``bbox``."""
+    lead = (slice(None),) * (array.ndim - len(bbox))
+    return array[lead + tuple(slice(a, b) for a, b in bbox)]
+
+
+def paste_into(shape: tuple[int, ...], cropped: np.ndarray, bbox: list[list[int]], fill=0) -> np.ndarray:
+    """Inverse of :func:`crop_to_bbox`: ``cropped`` placed in a new array of ``shape`` (last axes)."""
+    full_shape = tuple(cropped.shape[: cropped.ndim - len(bbox)]) + tuple(shape)
+    out = np.full(full_shape, fill, dtype=cropped.dtype)
+    lead = (slice(None),) * (cropped.ndim - len(bbox))
+    out[lead + tuple(slice(a, b) for a, b in bbox)] = cropped
+    return out

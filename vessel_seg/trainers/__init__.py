@@ -1,0 +1,1 @@
+"""Training: losses, data loading, augmentation, the training loop, checkpoints, DDP."""
