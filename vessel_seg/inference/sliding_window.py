@@ -1,0 +1,128 @@
+"""Sliding-window prediction with Gaussian importance weighting and mirroring TTA.
+
+Works on one case ``(C, Z, Y, X)`` for both 3D networks and 2D networks: a 2D network sees tiles of
+shape ``(1, py, px)`` with the singleton z axis squeezed away, so one code path covers both and
+tiles of different slices share a forward pass.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def gaussian_importance(patch_size: Sequence[int], sigma_scale: float = 1.0 / 8) -> torch.Tensor:
+    """A Gaussian weight map, highest at the tile centre, normalised to max 1 and strictly positive.
+
+    Centre voxels of a tile see the most context, so they dominate where tiles overlap.
+    """
+    grids = []
+    for size in patch_size:
+        coords = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+        sigma = max(size * sigma_scale, 1e-3)
+        grids.append(torch.exp(-0.5 * (coords / sigma) ** 2))
+    weights = grids[0]
+    for g in grids[1:]:
+        weights = weights[..., None] * g
+    weights = weights / weights.max()
+    return weights.clamp_min(1e-3)
+
+
+def tile_starts(image_size: Sequence[int], patch_size: Sequence[int], step: float = 0.5) -> list[list[int]]:
+    """Start index of every tile per axis, evenly spread so that tiles overlap by at least ``1 - step``."""
+    starts = []
+    for size, patch in zip(image_size, patch_size, strict=True):
+        if size <= patch:
+            starts.append([0])
+            continue
+        num = int(np.ceil((size - patch) / (patch * step))) + 1
+        starts.append([int(round(i * (size - patch) / (num - 1))) for i in range(num)])
+    return starts
+
+
+def mirror_combinations(mirror_axes: Sequence[int]) -> list[tuple[int, ...]]:
+    """All subsets of the mirror axes (including no flip), as tensor dims of a ``(B, C, Z, Y, X)`` batch."""
+    dims = [a + 2 for a in mirror_axes]
+    return [c for r in range(len(dims) + 1) for c in itertools.combinations(dims, r)]
+
+
+def _forward(network: nn.Module, tiles: torch.Tensor, squeeze_z: bool) -> torch.Tensor:
+    x = tiles[:, :, 0] if squeeze_z else tiles
+    out = network(x)
+    if isinstance(out, (list, tuple)):
+        out = out[0]
+    return out[:, :, None] if squeeze_z else out
+
+
+@torch.inference_mode()
+def predict_logits(
+    network: nn.Module,
+    data: torch.Tensor | np.ndarray,
+    patch_size: Sequence[int],
+    num_classes: int,
+    step: float = 0.5,
+    mirror_axes: Sequence[int] = (),
+    tiles_per_batch: int = 4,
+    device: torch.device | str = "cpu",
+    amp: bool = False,
+) -> torch.Tensor:
+    """Gaussian-weighted average of the network's logits over overlapping tiles, on the CPU.
+
+    Args:
+        network: in eval mode; a 2D network when ``len(patch_size) == 2``.
+        data: ``(C, Z, Y, X)`` preprocessed image.
+        patch_size: tile size, ``(z, y, x)`` for 3D or ``(y, x)`` for 2D networks.
+        num_classes: output channels of the network.
+        step: tile step as a fraction of the patch size (0.5 = half-overlapping tiles).
+        mirror_axes: spatial axes (0=z, 1=y, 2=x) to mirror for test-time augmentation; the
+            prediction is the mean over all flip combinations.
+        tiles_per_batch: tiles sent through the network together.
+        amp: autocast (fp16 on CUDA, bf16 on CPU).
+
+    Returns:
+        float32 logits ``(num_classes, Z, Y, X)``.
+    """
+    device = torch.device(device)
+    data = torch.as_tensor(np.asarray(data) if not isinstance(data, torch.Tensor) else data, dtype=torch.float32)
+    squeeze_z = len(patch_size) == 2
+    patch = (1, *patch_size) if squeeze_z else tuple(patch_size)
+    spatial = tuple(data.shape[1:])
+    pad = [max(p - s, 0) for p, s in zip(patch, spatial, strict=True)]
+    if any(pad):
+        pad_arg = [v for p in reversed(pad) for v in (p // 2, p - p // 2)]
+        data = torch.nn.functional.pad(data, pad_arg)
+    padded = tuple(data.shape[1:])
+    weights = gaussian_importance(patch).to(device)
+    accum = torch.zeros((num_classes, *padded), dtype=torch.float32)
+    norm = torch.zeros(padded, dtype=torch.float32)
+    weights_cpu = weights.cpu()
+    flips = mirror_combinations(mirror_axes)
+    starts = list(itertools.product(*tile_starts(padded, patch, step)))
+    autocast = (
+        torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
+        if amp
+        else nullcontext()
+    )
+    for first in range(0, len(starts), tiles_per_batch):
+        chunk = starts[first : first + tiles_per_batch]
+        slices = [tuple(slice(s, s + p) for s, p in zip(start, patch, strict=True)) for start in chunk]
+        tiles = torch.stack([data[(slice(None), *sl)] for sl in slices]).to(device, non_blocking=True)
+        with autocast:
+            out = None
+            for dims in flips:
+                pred = _forward(network, torch.flip(tiles, dims) if dims else tiles, squeeze_z)
+                pred = torch.flip(pred, dims) if dims else pred
+                out = pred.float() if out is None else out + pred.float()
+        out = (out / len(flips) * weights).cpu()
+        for i, sl in enumerate(slices):
+            accum[(slice(None), *sl)] += out[i]
+            norm[sl] += weights_cpu
+    logits = accum / norm
+    if any(pad):
+        logits = logits[(slice(None), *(slice(p // 2, p // 2 + s) for p, s in zip(pad, spatial, strict=True)))]
+    return logits

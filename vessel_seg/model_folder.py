@@ -1,0 +1,43 @@
+"""Layout of trained-model folders under ``VS_RESULTS`` (shared by training and inference).
+
+::
+
+    VS_RESULTS/DatasetNNN_Name/<trainer>__<plans>__<configuration>/
+        plans.json  dataset.json  fingerprint.json
+        fold_K/checkpoint_{latest,best,final}.pt  training_log.jsonl  progress.png
+        fold_K/validation/CASE.nii.gz  metrics.csv  summary.json
+        fold_K/predicted_next_stage/<next configuration>/CASE.npy   (3d_lowres only, feeds the cascade)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vessel_seg.errors import VesselSegError
+from vessel_seg.paths import results_root
+
+DEFAULT_TRAINER = "vsTrainer"
+CHECKPOINT_NAMES = ("final", "best", "latest")
+
+
+def model_dir(dataset_name: str, configuration: str, plans_name: str, trainer: str = DEFAULT_TRAINER) -> Path:
+    return results_root() / dataset_name / f"{trainer}__{plans_name}__{configuration}"
+
+
+def fold_name(fold: int | str) -> str:
+    return f"fold_{fold}"
+
+
+def parse_fold(text: str | int) -> int | str:
+    """``"0"`` -> 0, ``"all"`` -> ``"all"``; anything else is a one-line error."""
+    if isinstance(text, int) or str(text).isdigit():
+        return int(text)
+    if str(text) == "all":
+        return "all"
+    raise VesselSegError(f"fold {text!r} is not valid: use 0-4 (or another fold index) or 'all'")
+
+
+def checkpoint_path(fold_dir: Path, which: str) -> Path:
+    if which not in CHECKPOINT_NAMES:
+        raise VesselSegError(f"checkpoint {which!r} is not valid: use one of {', '.join(CHECKPOINT_NAMES)}")
+    return fold_dir / f"checkpoint_{which}.pt"
