@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from contextlib import nullcontext
 
 import numpy as np
 import torch
 from torch import nn
+
+from vessel_seg.device import autocast
 
 
 def gaussian_importance(patch_size: Sequence[int], sigma_scale: float = 1.0 / 8) -> torch.Tensor:
@@ -103,16 +104,11 @@ def predict_logits(
     weights_cpu = weights.cpu()
     flips = mirror_combinations(mirror_axes)
     starts = list(itertools.product(*tile_starts(padded, patch, step)))
-    autocast = (
-        torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
-        if amp
-        else nullcontext()
-    )
     for first in range(0, len(starts), tiles_per_batch):
         chunk = starts[first : first + tiles_per_batch]
         slices = [tuple(slice(s, s + p) for s, p in zip(start, patch, strict=True)) for start in chunk]
         tiles = torch.stack([data[(slice(None), *sl)] for sl in slices]).to(device, non_blocking=True)
-        with autocast:
+        with autocast(device, amp):
             out = None
             for dims in flips:
                 pred = _forward(network, torch.flip(tiles, dims) if dims else tiles, squeeze_z)

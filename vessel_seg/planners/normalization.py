@@ -1,0 +1,87 @@
+"""Per-channel intensity normalisation named by the plans (``ConfigurationPlan.normalization``).
+
+Schemes
+-------
+``"ct"``
+    For calibrated intensities (Hounsfield units). Clip to the dataset's foreground
+    ``[percentile_00_5, percentile_99_5]``, then ``(x - mean) / max(std, 1e-8)`` with the dataset's
+    foreground mean and standard deviation (from the fingerprint, ``Plans.intensity_properties``).
+    Every case is mapped the same way, so a given HU value means the same input to the network.
+``"zscore"``
+    For uncalibrated intensities (MRI, microscopy, OCT-A). ``(x - mean) / max(std, 1e-8)`` with the
+    mean and standard deviation of this image's channel, over all of its voxels after cropping to
+    the non-zero region (the crop removes the empty border that would otherwise skew them). No mask
+    is applied inside the crop box, so training and inference see identical statistics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from vessel_seg.errors import PlansError
+from vessel_seg.planners.plans import ChannelIntensity
+
+SCHEMES = ("ct", "zscore")
+_EPS = 1e-8
+
+
+def normalize(
+    data: np.ndarray,
+    schemes: Sequence[str],
+    intensity: Mapping[str, ChannelIntensity],
+    inplace: bool = False,
+) -> np.ndarray:
+    """Normalise each channel of a ``(C, Z, Y, X)`` image with its scheme.
+
+    Parameters
+    ----------
+    data : ndarray, (C, Z, Y, X)
+        Image intensities in their native unit.
+    schemes : sequence of str
+        One scheme per channel, ``"ct"`` or ``"zscore"`` (see the module docstring).
+    intensity : mapping of str to ChannelIntensity
+        Dataset foreground statistics keyed by channel index as a string (``"0"``, ``"1"``...);
+        required for ``"ct"`` channels only.
+    inplace : bool
+        Write into ``data`` when it is already float32 (saves one copy of the volume).
+
+    Returns
+    -------
+    ndarray, (C, Z, Y, X), float32
+        The normalised image.
+
+    Raises
+    ------
+    PlansError
+        Unknown scheme, scheme count not matching the channels, or missing ``"ct"`` statistics.
+    """
+    if data.ndim != 4:
+        raise ValueError(f"expected a (C, Z, Y, X) array, got shape {data.shape}")
+    if len(schemes) != data.shape[0]:
+        raise PlansError(
+            f"plans give {len(schemes)} normalisation scheme(s) for {data.shape[0]} channel(s); "
+            "re-run vs_plan_and_preprocess for this dataset"
+        )
+    out = data if inplace and data.dtype == np.float32 else data.astype(np.float32, copy=True)
+    for c, scheme in enumerate(schemes):
+        channel = out[c]
+        if scheme == "ct":
+            stats = intensity.get(str(c))
+            if stats is None:
+                raise PlansError(
+                    f"plans hold no intensity statistics for CT channel {c}; re-run vs_plan_and_preprocess"
+                )
+            np.clip(channel, stats.percentile_00_5, stats.percentile_99_5, out=channel)
+            mean, std = stats.mean, stats.std
+        elif scheme == "zscore":
+            mean = float(channel.mean(dtype=np.float64))
+            std = float(channel.std(dtype=np.float64))
+        else:
+            raise PlansError(
+                f"unknown normalisation scheme {scheme!r} for channel {c}; use one of {', '.join(SCHEMES)}"
+            )
+        channel -= np.float32(mean)
+        channel /= np.float32(max(std, _EPS))
+    return out

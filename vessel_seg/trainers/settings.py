@@ -1,0 +1,51 @@
+"""Training hyper-parameters that are not part of the plans (they describe the run, not the data)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+LOSSES = ("dice_ce", "dice_ce_cldice", "dice_ce_center")
+OPTIMIZERS = ("sgd", "adamw")
+
+
+@dataclass
+class TrainingSettings:
+    """One training run.
+
+    Defaults follow nnU-Net v2 (SGD, Nesterov, momentum 0.99, lr 1e-2, poly decay with exponent 0.9,
+    weight decay 3e-5, 250 iterations per epoch, gradient norm clipped at 12), with fewer epochs
+    because vessels on the synthetic set converge much earlier; set ``epochs`` for real data.
+    """
+
+    epochs: int = 100
+    iterations_per_epoch: int = 250
+    validation_iterations: int = 20
+    loss: str = "dice_ce"
+    optimizer: str = "sgd"
+    learning_rate: float | None = None  # None: 1e-2 for SGD, 1e-3 for AdamW
+    weight_decay: float = 3e-5
+    momentum: float = 0.99
+    grad_clip: float = 12.0
+    num_workers: int = 2
+    device: str = "auto"
+    amp: bool = True
+    compile: bool = False
+    checkpoint_every: int = 5
+    seed: int = 12345
+    final_validation: bool = True
+    # Best checkpoint: highest exponential moving average of mean(pseudo-Dice, pseudo-clDice).
+    ema_decay: float = 0.9
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}: use one of {', '.join(LOSSES)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
+        if self.epochs < 1 or self.iterations_per_epoch < 1:
+            raise ValueError("epochs and iterations per epoch must be at least 1")
+
+    @property
+    def initial_lr(self) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 1e-2 if self.optimizer == "sgd" else 1e-3
