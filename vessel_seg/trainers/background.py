@@ -1,0 +1,244 @@
+"""Batches prepared in background worker processes, and how long training waits for them.
+
+:class:`BackgroundBatches` wraps a loader and its transform in batchgenerators'
+``NonDetMultiThreadedAugmenter`` (batches in whatever order the workers finish them; the fastest
+choice for training), ``MultiThreadedAugmenter`` (``deterministic=True``: a fixed round-robin order,
+reproducible with seeds; for validation) or, with ``num_workers=0``, ``SingleThreadedAugmenter``
+(in-process, for debugging and tiny machines). Workers hand numpy arrays back through their
+queues; ``data`` and ``target`` become float32 torch tensors here, in the consumer (see
+:mod:`vessel_seg.trainers.augmentation` for why).
+
+Every ``next()`` is timed by a :class:`WaitTimer`: the time the consumer spends inside ``next()``
+is the time the training loop stalls for data (close to 0 when the workers keep up). The
+trainer logs :meth:`BackgroundBatches.pop_mean_wait` once per epoch.
+
+Failure handling, as verified against batchgenerators 0.25.5: a worker that raises prints its
+traceback and sets the augmenter's abort flag; a worker that dies without a word (killed by the
+out-of-memory killer, a segfault) is noticed by the augmenter's results thread, which polls
+``is_alive()`` every ``wait_time`` seconds. Either way the next ``next()`` raises
+:class:`DataWorkerError` within a fraction of a second instead of hanging. A worker that is
+alive but stuck (deadlocked) cannot be told from a slow one and is not detected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import signal
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+
+from vessel_seg.errors import VesselSegError
+from vessel_seg.trainers.augmentation import batch_to_tensors
+
+log = logging.getLogger(__name__)
+
+
+class DataWorkerError(VesselSegError):
+    """A background data-loading worker failed; its traceback, if any, was printed before this."""
+
+
+class _SeedPythonRandom:
+    """Seed Python's ``random`` from numpy once per process, before the first transform.
+
+    batchgenerators seeds numpy's global generator in each worker, but its Gaussian noise draws
+    the variance from Python's ``random``, which workers reseed from entropy after the fork; without
+    this, seeded workers would not reproduce their batches.
+    """
+
+    def __init__(self, transform: Callable | None):
+        self.transform = transform
+        self._seeded_pid: int | None = None
+
+    def __call__(self, **batch):
+        if self._seeded_pid != os.getpid():
+            self._seeded_pid = os.getpid()
+            random.seed(int(np.random.randint(2**31)))
+        return self.transform(**batch) if self.transform is not None else batch
+
+
+class WaitTimer:
+    """Accumulates the seconds spent waiting for batches.
+
+    ``mean`` is the mean wait per recorded batch in seconds (0 when nothing was recorded);
+    ``total`` the sum and ``count`` the number of batches since the last :meth:`reset`.
+    """
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.count = 0
+
+    def record(self, seconds: float) -> None:
+        self.total += max(0.0, seconds)
+        self.count += 1
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count if self.count else 0.0
+
+    def reset(self) -> None:
+        self.total = 0.0
+        self.count = 0
+
+    def timed_next(self, iterator: Iterator):
+        """``next(iterator)``, recording the time spent inside it."""
+        start = time.perf_counter()
+        try:
+            return next(iterator)
+        finally:
+            self.record(time.perf_counter() - start)
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (often the out-of-memory killer)" if -code == signal.SIGKILL else ""
+        return f"killed by {name}{hint}"
+    return f"exit code {code}"
+
+
+class BackgroundBatches:
+    """Iterator over transformed batches produced by ``num_workers`` background processes.
+
+    Parameters
+    ----------
+    loader : iterator
+        An infinite batchgenerators loader such as
+        :class:`~vessel_seg.trainers.dataloading.PatchLoader`.
+    transform : callable, optional
+        ``transform(**batch) -> batch``, for example ``Augmentation.transform``.
+    num_workers : int
+        Worker processes; 0 runs loader and transform in the calling process.
+    to_tensors : bool
+        Return ``data`` and ``target`` as float32 torch tensors (:func:`batch_to_tensors`),
+        converted here in the consumer, not in the workers.
+    pin_memory : bool
+        Pin those tensors in page-locked memory for faster copies to a CUDA device (ignored
+        without CUDA).
+    num_cached : int, optional
+        Batches buffered in total (default: ``max(6, num_workers)``).
+    seed : int, optional
+        Seeds worker ``i`` with ``seed + i`` (the numpy, Python and, without ``deterministic``,
+        torch global generators, which the transforms use). None seeds workers from entropy. With
+        ``num_workers=0`` it is ignored: global seeding of the calling process is the caller's.
+    deterministic : bool
+        Use the ordered ``MultiThreadedAugmenter``: with ``seed`` (and a seeded loader) the batch
+        sequence is reproducible.
+    wait_time : float
+        Polling interval of the augmenter's queues, in seconds; keep it well below one iteration.
+
+    Use as a context manager, or call :meth:`close` to stop the workers.
+    """
+
+    def __init__(
+        self,
+        loader: Iterator,
+        transform: Callable | None,
+        num_workers: int,
+        *,
+        to_tensors: bool = True,
+        pin_memory: bool = False,
+        num_cached: int | None = None,
+        seed: int | None = None,
+        deterministic: bool = False,
+        wait_time: float = 0.02,
+    ):
+        if num_workers < 0:
+            raise VesselSegError(f"num_workers must be 0 or more, got {num_workers}")
+        self.num_workers = num_workers
+        self.to_tensors = to_tensors
+        self.pin_memory = pin_memory
+        self.timer = WaitTimer()
+        self._processes: list = []
+        self._closed = False
+        seeds: Sequence[int] | None = None if seed is None else [seed + i for i in range(num_workers)]
+        if num_workers:
+            transform = _SeedPythonRandom(transform)
+        if num_workers == 0:
+            self._augmenter = SingleThreadedAugmenter(loader, transform)
+        elif deterministic:
+            per_queue = max(1, (num_cached or max(6, num_workers)) // num_workers)
+            self._augmenter = MultiThreadedAugmenter(
+                loader, transform, num_workers, num_cached_per_queue=per_queue, seeds=seeds, wait_time=wait_time,
+            )
+        else:
+            self._augmenter = NonDetMultiThreadedAugmenter(
+                loader, transform, num_workers, num_cached=num_cached or max(6, num_workers), seeds=seeds,
+                wait_time=wait_time,
+            )
+
+    def start(self) -> BackgroundBatches:
+        """Start the workers now (otherwise the first ``next()`` does)."""
+        if self.num_workers and not self._processes and not self._closed:
+            self._augmenter._start()
+            # the augmenter forgets its processes when it aborts; keep them to report how they ended
+            self._processes = list(self._augmenter._processes)
+            log.debug("started %d data workers: pids %s", self.num_workers, [p.pid for p in self._processes])
+        return self
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return [p.pid for p in self._processes]
+
+    def __iter__(self) -> BackgroundBatches:
+        return self
+
+    def __next__(self) -> dict:
+        if self._closed:
+            raise RuntimeError("the background batch iterator was closed; create a new one")
+        self.start()
+        start = time.perf_counter()
+        try:
+            batch = next(self._augmenter)
+            return batch_to_tensors(batch, self.pin_memory) if self.to_tensors else batch
+        except RuntimeError as exc:
+            if "no longer alive" not in str(exc):
+                raise
+            for process in self._processes:
+                process.join(timeout=1.0)
+            states = ", ".join(f"worker {i}: {_describe_exit(p.exitcode)}" for i, p in enumerate(self._processes))
+            self.close()
+            raise DataWorkerError(
+                f"a data-loading worker failed ({states}); see the worker traceback printed above, "
+                "or use fewer workers / a smaller patch if it ran out of memory"
+            ) from exc
+        finally:
+            self.timer.record(time.perf_counter() - start)
+
+    def pop_mean_wait(self) -> float:
+        """Mean seconds waited per batch since the last call, then reset the timer."""
+        mean = self.timer.mean
+        self.timer.reset()
+        return mean
+
+    def close(self) -> None:
+        """Stop the workers and release their queues (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.num_workers:
+            self._augmenter._finish()
+        self._processes = []
+
+    def __enter__(self) -> BackgroundBatches:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # interpreter shutdown may have torn down multiprocessing already
+        with contextlib.suppress(Exception):
+            self.close()
