@@ -1,0 +1,40 @@
+"""``vs_evaluate``: score a folder of predictions against a folder of reference label maps."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from vessel_seg.cli import run_cli
+from vessel_seg.evaluation.evaluate import evaluate_folders, format_summary_table
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vs_evaluate",
+        description="Compare predicted label maps with references case by case (matched by file name) and write "
+        "metrics.csv and summary.json.",
+    )
+    parser.add_argument("-ref", required=True, type=Path, help="folder of reference label maps")
+    parser.add_argument("-pred", required=True, type=Path, help="folder of predicted label maps")
+    parser.add_argument("-o", type=Path, default=None, help="output folder for the reports (default: PRED)")
+    parser.add_argument("--labels", type=int, nargs="+", default=None, help="labels to score (default: all in REF)")
+    parser.add_argument("-np", type=int, default=1, dest="num_workers", help="worker processes (default 1)")
+    return parser
+
+
+def _command(args: argparse.Namespace) -> int:
+    out = args.o if args.o is not None else args.pred
+    result = evaluate_folders(args.ref, args.pred, out, labels=args.labels, num_workers=args.num_workers)
+    print(format_summary_table(result))
+    print(f"{result.summary['num_cases']} cases; per-case metrics: {result.csv_path}; summary: {result.summary_path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(build_parser(), _command, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
