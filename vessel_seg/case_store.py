@@ -17,7 +17,7 @@ import numpy as np
 
 from vessel_seg.errors import DatasetError
 from vessel_seg.imageio.geometry import ImageGeometry
-from vessel_seg.serialization import from_dict, read_json, write_json_atomic
+from vessel_seg.serialization import default_file_mode, from_dict, read_json, write_json_atomic
 
 
 @dataclass
@@ -49,6 +49,7 @@ class CaseProperties:
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npy", dir=path.parent)
     try:
+        os.fchmod(fd, default_file_mode())
         with os.fdopen(fd, "wb") as handle:
             np.save(handle, np.ascontiguousarray(array))
         os.replace(tmp, path)

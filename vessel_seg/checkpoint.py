@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from vessel_seg.errors import CheckpointError
+from vessel_seg.serialization import default_file_mode
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, default_file_mode())
         with os.fdopen(fd, "wb") as handle:
             torch.save(state, handle)
             handle.flush()
