@@ -89,7 +89,9 @@ def predict_logits(
         float32 logits ``(num_classes, Z, Y, X)``.
     """
     device = torch.device(device)
-    data = torch.as_tensor(np.asarray(data) if not isinstance(data, torch.Tensor) else data, dtype=torch.float32)
+    if not isinstance(data, torch.Tensor):
+        data = torch.from_numpy(np.array(data, dtype=np.float32))  # a writable copy (inputs may be memory maps)
+    data = data.float()
     squeeze_z = len(patch_size) == 2
     patch = (1, *patch_size) if squeeze_z else tuple(patch_size)
     spatial = tuple(data.shape[1:])

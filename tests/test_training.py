@@ -1,0 +1,169 @@
+"""Training end to end on a tiny synthetic dataset: every configuration, every loss, resume, cascade."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from vessel_seg.checkpoint import load_checkpoint
+from vessel_seg.dataset_conversion.synthetic import generate_dataset
+from vessel_seg.errors import VesselSegError
+from vessel_seg.planners.pipeline import plan_and_preprocess
+from vessel_seg.planners.plans import Plans
+from vessel_seg.trainers.settings import TrainingSettings
+from vessel_seg.trainers.trainer import TrainingJob, train
+
+DATASET = "Dataset007_Synthetic"
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    """Five 32^3 synthetic cases, planned with the CPU preset and preprocessed."""
+    base = tmp_path_factory.mktemp("training")
+    env = {f"VS_{n.upper()}": str(base / n) for n in ("raw", "preprocessed", "results")}
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        generate_dataset(7, 5, num_test_cases=1, size=32, seed=3)
+        plan_and_preprocess(7, plans_name="cpu", num_workers=1)
+        yield base, env
+
+
+@pytest.fixture
+def roots(tiny_dataset, monkeypatch):
+    base, env = tiny_dataset
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return base
+
+
+def quick(**overrides) -> TrainingSettings:
+    values = dict(epochs=1, iterations_per_epoch=2, validation_iterations=1, num_workers=0, checkpoint_every=1)
+    values.update(overrides)
+    return TrainingSettings(**values)
+
+
+@pytest.mark.parametrize("configuration", ["3d_fullres", "2d"])
+def test_training_writes_model_folder_and_validation(roots, configuration):
+    result = train(TrainingJob(7, configuration, 0, "cpu", quick()))
+    fold = result.fold_dir
+    for name in ("checkpoint_final.pt", "checkpoint_best.pt", "checkpoint_latest.pt", "progress.png", "training_log.jsonl"):
+        assert (fold / name).is_file(), name
+    for name in ("plans.json", "dataset.json", "fingerprint.json"):
+        assert (fold.parent / name).is_file(), name
+    state = load_checkpoint(fold / "checkpoint_final.pt")
+    assert state["metadata"]["configuration"] == configuration and state["metadata"]["num_classes"] == 2
+    log = [json.loads(line) for line in (fold / "training_log.jsonl").read_text().splitlines()]
+    assert len(log) == 1 and log[0]["data_wait_seconds"] >= 0 and 0 <= log[0]["pseudo_dice"] <= 1
+    summary = json.loads((fold / "validation" / "summary.json").read_text())
+    val_ids = sorted(p.name.removesuffix(".nii.gz") for p in (fold / "validation").glob("*.nii.gz"))
+    assert val_ids and summary["foreground_mean"]["dice"] >= 0
+    assert (fold / "validation" / "metrics.csv").is_file()
+
+
+@pytest.mark.parametrize("loss", ["dice_ce_cldice", "dice_ce_center"])
+def test_topology_losses_train(roots, loss):
+    result = train(TrainingJob(7, "3d_fullres", 1, "cpu", quick(loss=loss, final_validation=False), trainer_name=f"t_{loss}"))
+    log = json.loads((result.fold_dir / "training_log.jsonl").read_text().splitlines()[0])
+    assert torch.isfinite(torch.tensor(log["train_loss"]))
+
+
+def test_resume_continues_from_latest_and_pretrained_loads(roots):
+    job = TrainingJob(7, "3d_fullres", 2, "cpu", quick(epochs=2, final_validation=False), trainer_name="resume")
+    first = train(job)
+    assert load_checkpoint(first.fold_dir / "checkpoint_latest.pt")["epoch"] == 2
+    job.settings = quick(epochs=3, final_validation=False)
+    job.resume = True
+    second = train(job)
+    assert second.epochs_run == 1
+    epochs = [json.loads(line)["epoch"] for line in (second.fold_dir / "training_log.jsonl").read_text().splitlines()]
+    assert epochs == [0, 1, 2]
+    tuned = train(TrainingJob(
+        7, "3d_fullres", 3, "cpu", quick(final_validation=False), trainer_name="tuned",
+        pretrained=first.fold_dir / "checkpoint_final.pt",
+    ))
+    assert tuned.fold_dir.is_dir()
+
+
+def test_cascade_needs_lowres_predictions_then_trains(roots):
+    pre = roots / "preprocessed" / DATASET
+    plans = Plans.load(pre / "cpu.json")
+    full = plans.configuration("3d_fullres")
+    low = Plans.load(pre / "cpu.json").configuration("3d_fullres")  # a copy to turn into the low-res stage
+    low.name, low.next_stage = "3d_lowres", "3d_cascade_fullres"
+    cascade = Plans.load(pre / "cpu.json").configuration("3d_fullres")
+    cascade.name, cascade.previous_stage = "3d_cascade_fullres", "3d_lowres"
+    plans.configurations.update({"3d_lowres": low, "3d_cascade_fullres": cascade})
+    plans.plans_name = "cascade"
+    plans.save(pre / "cascade.json")
+    assert low.data_identifier == full.data_identifier  # shares the preprocessed data already there
+
+    with pytest.raises(VesselSegError, match="3d_lowres predictions of fold 0 are missing"):
+        train(TrainingJob(7, "3d_cascade_fullres", 0, "cascade", quick()))
+    lowres = train(TrainingJob(7, "3d_lowres", 0, "cascade", quick(final_validation=True)))
+    predicted = sorted((lowres.fold_dir / "predicted_next_stage" / "3d_cascade_fullres").glob("*.npy"))
+    assert len(predicted) == 5
+    result = train(TrainingJob(7, "3d_cascade_fullres", 0, "cascade", quick()))
+    assert load_checkpoint(result.fold_dir / "checkpoint_final.pt")["metadata"]["in_channels"] == 2
+    assert (result.fold_dir / "validation" / "summary.json").is_file()
+
+
+def test_sigkill_then_continue_resumes(tiny_dataset):
+    base, env = tiny_dataset
+    env = {**os.environ, **env, "OMP_NUM_THREADS": "1"}
+    args = ["7", "3d_fullres", "4", "-pl", "cpu", "--epochs", "50", "--iterations-per-epoch", "1",
+            "--val-iterations", "1", "--num-workers", "0", "--checkpoint-every", "1", "--no-final-validation"]
+    proc = subprocess.Popen([sys.executable, "-m", "vessel_seg.cli.train", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    fold = base / "results" / DATASET / "vsTrainer__cpu__3d_fullres" / "fold_4"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (fold / "checkpoint_previous.pt").is_file():
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (fold / "checkpoint_latest.pt").is_file(), proc.stderr.read().decode()[-2000:]
+    saved = load_checkpoint(fold / "checkpoint_latest.pt")["epoch"]
+    assert 1 <= saved < 50
+    rerun = subprocess.run(
+        [sys.executable, "-m", "vessel_seg.cli.train", *args[:6], str(saved + 1), *args[7:], "--continue"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"resuming from {fold / 'checkpoint_latest.pt'} (epoch {saved})" in rerun.stderr
+    epochs = [json.loads(line)["epoch"] for line in (fold / "training_log.jsonl").read_text().splitlines()]
+    assert epochs == list(range(saved + 1))
+
+
+DDP_SCRIPT = """
+import sys, torch, torch.distributed as dist
+from vessel_seg.trainers.settings import TrainingSettings
+from vessel_seg.trainers.trainer import TrainingJob, train
+settings = TrainingSettings(epochs=1, iterations_per_epoch=3, validation_iterations=1, num_workers=0,
+                            final_validation=False, device="cpu")
+result = train(TrainingJob(7, "3d_fullres", 0, "cpu", settings, trainer_name="ddp"))
+torch.save(result.network.state_dict(), sys.argv[1] + f"/rank{int(__import__('os').environ['RANK'])}.pt")
+"""
+
+
+def test_ddp_on_gloo_keeps_weights_identical(tiny_dataset, tmp_path):
+    base, env = tiny_dataset
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT)
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+         str(script), str(tmp_path)],
+        env={**os.environ, **env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    a = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    b = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], msg=f"{key} differs between ranks")

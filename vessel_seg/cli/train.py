@@ -1,0 +1,78 @@
+"""``vs_train DATASET CONFIG FOLD``: train one fold of one configuration."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from vessel_seg.cli import run_cli
+from vessel_seg.device import DEVICES
+from vessel_seg.errors import VesselSegError
+from vessel_seg.model_folder import parse_fold
+from vessel_seg.planners.pipeline import DEFAULT_PLANS
+from vessel_seg.planners.plans import CONFIGURATIONS
+from vessel_seg.trainers.settings import LOSSES, OPTIMIZERS, TrainingSettings
+from vessel_seg.trainers.trainer import TrainingJob, train
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vs_train",
+        description="Train a ResU-Net for one fold. Multi-GPU: torchrun --nproc_per_node N $(which vs_train) ...",
+    )
+    parser.add_argument("dataset", help="dataset id (501) or name (Dataset501_Synthetic)")
+    parser.add_argument("configuration", choices=CONFIGURATIONS)
+    parser.add_argument("fold", help="fold index (0-4) or 'all'")
+    parser.add_argument("-pl", "--plans", default=DEFAULT_PLANS, help="plans name (default vs_plans; 'cpu' for the CPU preset)")
+    parser.add_argument("--epochs", type=int, default=TrainingSettings.epochs)
+    parser.add_argument("--iterations-per-epoch", type=int, default=TrainingSettings.iterations_per_epoch)
+    parser.add_argument("--val-iterations", type=int, default=TrainingSettings.validation_iterations)
+    parser.add_argument("--loss", choices=LOSSES, default=TrainingSettings.loss)
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default=TrainingSettings.optimizer)
+    parser.add_argument("--lr", type=float, default=None, help="initial learning rate (default 1e-2 SGD, 1e-3 AdamW)")
+    parser.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICES)} (default auto)")
+    parser.add_argument("--num-workers", type=int, default=TrainingSettings.num_workers, help="data augmentation processes")
+    parser.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the network")
+    parser.add_argument("--checkpoint-every", type=int, default=TrainingSettings.checkpoint_every, help="epochs between latest checkpoints")
+    parser.add_argument("--seed", type=int, default=TrainingSettings.seed)
+    parser.add_argument("--continue", dest="resume", action="store_true", help="resume from the latest checkpoint")
+    parser.add_argument("--pretrained", type=Path, help="initialise from another model's checkpoint (fine-tuning)")
+    parser.add_argument("--no-final-validation", action="store_true", help="skip full-volume validation at the end")
+    return parser
+
+
+def _command(args: argparse.Namespace) -> int:
+    try:
+        settings = TrainingSettings(
+            epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch, validation_iterations=args.val_iterations,
+            loss=args.loss, optimizer=args.optimizer, learning_rate=args.lr, device=args.device,
+            num_workers=args.num_workers, amp=not args.no_amp, compile=args.compile,
+            checkpoint_every=args.checkpoint_every, seed=args.seed, final_validation=not args.no_final_validation,
+        )
+    except ValueError as exc:
+        raise VesselSegError(str(exc)) from exc
+    if args.num_workers < 0:
+        raise VesselSegError("--num-workers must be 0 or more")
+    if args.pretrained is not None and not args.pretrained.is_file():
+        raise VesselSegError(f"{args.pretrained}: pretrained checkpoint not found")
+    job = TrainingJob(
+        args.dataset, args.configuration, parse_fold(args.fold), args.plans, settings,
+        resume=args.resume, pretrained=args.pretrained,
+    )
+    result = train(job)
+    line = f"trained {result.epochs_run} epoch(s); model in {result.fold_dir}"
+    if result.validation_summary:
+        means = {k: round(v, 4) for k, v in result.validation_summary.get("foreground_mean", {}).items() if k in ("dice", "cldice", "vscore", "hd95")}
+        line += f"; validation {means}"
+    print(line)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(build_parser(), _command, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Validation: patch-level pseudo-Dice / pseudo-clDice each epoch, full volumes at the end.
+
+The pseudo metrics pool true/false positives over all validation patches of an epoch (nnU-Net's
+"pseudo Dice") and average clDice over patches that hold vessel in prediction or reference. They are
+cheap proxies used to track training and pick the best checkpoint; the real numbers come from the
+full-volume validation at the end of training.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vessel_seg.case_store import load_case
+from vessel_seg.dataset import DatasetInfo
+from vessel_seg.evaluation.evaluate import evaluate_folders
+from vessel_seg.evaluation.metrics_topology import cldice
+from vessel_seg.imageio import write_image
+from vessel_seg.inference.case_prediction import labels_from_probabilities, predict_probabilities
+from vessel_seg.planners.plans import ConfigurationPlan, Plans
+from vessel_seg.planners.preprocessing import restore_to_original
+from vessel_seg.planners.resampling import resample_label_to_shape
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PseudoMetrics:
+    """Running totals over the validation patches of one epoch."""
+
+    num_classes: int
+    tp: np.ndarray = field(init=False)
+    fp: np.ndarray = field(init=False)
+    fn: np.ndarray = field(init=False)
+    cldice_values: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.tp, self.fp, self.fn = (np.zeros(self.num_classes - 1) for _ in range(3))
+
+    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        """Add a batch: ``logits`` ``(B, K, *S)``, ``target`` ``(B, 1, *S)`` class indices."""
+        pred = torch.argmax(logits, dim=1)
+        ref = target[:, 0].long()
+        for c in range(1, self.num_classes):
+            p, r = pred == c, ref == c
+            self.tp[c - 1] += int((p & r).sum())
+            self.fp[c - 1] += int((p & ~r).sum())
+            self.fn[c - 1] += int((~p & r).sum())
+        pred_fg, ref_fg = (pred > 0).cpu().numpy(), (ref > 0).cpu().numpy()
+        for p, r in zip(pred_fg, ref_fg, strict=True):
+            if p.any() or r.any():
+                self.cldice_values.append(cldice(p, r))
+
+    @property
+    def dice(self) -> float:
+        denom = 2 * self.tp + self.fp + self.fn
+        per_class = np.where(denom > 0, 2 * self.tp / np.maximum(denom, 1), np.nan)
+        return float(np.nanmean(per_class)) if np.isfinite(per_class).any() else 0.0
+
+    @property
+    def cldice(self) -> float:
+        return float(np.mean(self.cldice_values)) if self.cldice_values else 0.0
+
+
+def selection_score(dice: float, cl_dice: float) -> float:
+    """What the best checkpoint maximises (as an EMA over epochs): the mean of pseudo-Dice and clDice.
+
+    Dice alone favours thick vessels; clDice rewards connected centrelines. Equal weights keep a
+    checkpoint from trading one for the other.
+    """
+    return 0.5 * (dice + cl_dice)
+
+
+def validate_full_volumes(
+    network: torch.nn.Module,
+    plans: Plans,
+    config: ConfigurationPlan,
+    info: DatasetInfo,
+    case_ids: Sequence[str],
+    preprocessed_dir: Path,
+    raw_labels_dir: Path,
+    out_dir: Path,
+    mirror_axes: Sequence[int],
+    device: torch.device,
+    amp: bool,
+    previous_stage_dir: Path | None = None,
+) -> dict:
+    """Predict whole validation cases, write them in the original geometry and score them.
+
+    Writes ``out_dir/CASE<file_ending>``, ``metrics.csv`` and ``summary.json``; returns the summary.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    label_values = sorted(plans.labels.values())
+    for case_id in case_ids:
+        data, _, props = load_case(preprocessed_dir, case_id)
+        data = add_previous_stage_channels(np.asarray(data), case_id, previous_stage_dir, label_values)
+        probs = predict_probabilities([network], data, config, len(label_values), mirror_axes, device, amp)
+        seg = labels_from_probabilities(probs, label_values)
+        restored = restore_to_original(seg, props, is_label=True, labels=label_values[1:])
+        write_image(restored, props.original_geometry, out_dir / f"{case_id}{info.file_ending}")
+    result = evaluate_folders(raw_labels_dir, out_dir, out_dir, labels=label_values[1:], case_ids=list(case_ids))
+    return result.summary
+
+
+def add_previous_stage_channels(
+    data: np.ndarray, case_id: str, previous_stage_dir: Path | None, label_values: Sequence[int]
+) -> np.ndarray:
+    """Append the previous cascade stage's segmentation as one-hot channels (one per foreground label)."""
+    if previous_stage_dir is None:
+        return data
+    seg = np.load(previous_stage_dir / f"{case_id}.npy", allow_pickle=False)
+    onehot = np.stack([(seg == v).astype(np.float32) for v in label_values[1:]])
+    return np.concatenate([data, onehot])
+
+
+def predict_next_stage(
+    network: torch.nn.Module,
+    config: ConfigurationPlan,
+    next_config: ConfigurationPlan,
+    label_values: Sequence[int],
+    case_ids: Sequence[str],
+    preprocessed_dir: Path,
+    next_preprocessed_dir: Path,
+    out_dir: Path,
+    mirror_axes: Sequence[int],
+    device: torch.device,
+    amp: bool,
+) -> None:
+    """Segment cases at this (low) resolution and resample them to the next stage's grid.
+
+    Writes ``out_dir/CASE.npy`` (uint8, the next stage's preprocessed shape) for the cascade.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for case_id in case_ids:
+        data, _, props = load_case(preprocessed_dir, case_id)
+        probs = predict_probabilities([network], np.asarray(data), config, len(label_values), mirror_axes, device, amp)
+        seg = labels_from_probabilities(probs, label_values)
+        _, _, next_props = load_case(next_preprocessed_dir, case_id)
+        resampled = resample_label_to_shape(
+            seg, next_props.shape_after_resampling, props.spacing, next_props.spacing, list(label_values[1:])
+        )
+        tmp = out_dir / f".{case_id}.tmp.npy"
+        np.save(tmp, resampled.astype(np.uint8))
+        tmp.replace(out_dir / f"{case_id}.npy")
