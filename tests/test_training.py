@@ -167,3 +167,22 @@ def test_ddp_on_gloo_keeps_weights_identical(tiny_dataset, tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], msg=f"{key} differs between ranks")
+
+
+def test_trained_model_predicts_raw_images_in_their_geometry(roots):
+    from vessel_seg.imageio import read_array
+    from vessel_seg.inference.predictor import load_trained_model, predict_folder
+
+    result = train(TrainingJob(7, "3d_fullres", "all", "cpu", quick(final_validation=False), trainer_name="predict"))
+    model = load_trained_model(result.fold_dir.parent)
+    assert model.folds == ["all"] and len(model.mirror_axes) == 3
+    raw = roots / "raw" / DATASET
+    out = roots / "predictions"
+    seconds = predict_folder(model, raw / "imagesTs", out, use_tta=False)
+    assert len(seconds) == 1
+    case = next(iter(seconds))
+    pred, pred_geometry = read_array(out / f"{case}.nii.gz")
+    _, image_geometry = read_array(raw / "imagesTs" / f"{case}_0000.nii.gz")
+    assert pred_geometry.mismatch(image_geometry) is None
+    assert set(pred.ravel().tolist()) <= {0, 1}
+    assert predict_folder(model, raw / "imagesTs", out) == {}  # existing outputs are skipped

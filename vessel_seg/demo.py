@@ -1,7 +1,8 @@
 """``make demo``: the built-in synthetic vessel dataset, end to end, on whatever device is there.
 
-Runs generate -> plan and preprocess (CPU preset) and reports what each step produced. Steps that
-later work adds (training, prediction, evaluation) join this list as they land.
+generate -> verify, fingerprint, plan (CPU preset) and preprocess -> train fold 0 of 3d_fullres
+(a short budget) -> predict the held-out test images with and without mirroring TTA ->
+evaluate (Dice, clDice, V-score, HD95, Betti errors) and benchmark the two side by side.
 """
 
 from __future__ import annotations
@@ -10,32 +11,61 @@ import argparse
 import logging
 import sys
 import time
+from pathlib import Path
 
 from vessel_seg.cli import configure_logging
 from vessel_seg.dataset_conversion.synthetic import generate_dataset
-from vessel_seg.paths import dataset_name, preprocessed_root, raw_root
+from vessel_seg.evaluation.benchmark import benchmark_methods
+from vessel_seg.evaluation.evaluate import evaluate_folders, format_summary_table
+from vessel_seg.inference.predictor import load_trained_model, predict_folder
+from vessel_seg.paths import dataset_name, raw_root, results_root
 from vessel_seg.planners.pipeline import CPU_PLANS, plan_and_preprocess
+from vessel_seg.trainers.settings import TrainingSettings
+from vessel_seg.trainers.trainer import TrainingJob, train
 
 log = logging.getLogger("vessel_seg.demo")
 
 
-def run_demo(dataset_id: int, cases: int, test_cases: int, size: int, seed: int) -> None:
-    name = dataset_name(dataset_id, "Synthetic")
+def run_demo(args: argparse.Namespace) -> Path:
+    name = dataset_name(args.dataset, "Synthetic")
     start = time.perf_counter()
     if (raw_root() / name / "dataset.json").is_file():
-        log.info("[1/2] reusing synthetic dataset %s", raw_root() / name)
+        log.info("[1/5] reusing synthetic dataset %s", raw_root() / name)
     else:
-        log.info("[1/2] generating %d training + %d test synthetic cases (%d^3 voxels)", cases, test_cases, size)
-        generate_dataset(dataset_id, cases, num_test_cases=test_cases, size=size, seed=seed, name="Synthetic")
-    log.info("[2/2] fingerprint, plans (-pl %s) and preprocessing", CPU_PLANS)
-    result = plan_and_preprocess(dataset_id, verify=True, num_workers=2, plans_name=CPU_PLANS)
-    for config in result.plans.configurations.values():
-        log.info(
-            "  %-20s spacing %s patch %s batch %d", config.name,
-            [round(s, 2) for s in config.spacing], config.patch_size, config.batch_size,
-        )
-    log.info("preprocessed data in %s (%.1f s in all)", preprocessed_root() / name, time.perf_counter() - start)
-    log.info("demo stops after preprocessing: training, prediction and evaluation are not part of it yet")
+        log.info("[1/5] generating %d training + %d test synthetic cases (%d^3 voxels)", args.cases, args.test_cases, args.size)
+        generate_dataset(args.dataset, args.cases, num_test_cases=args.test_cases, size=args.size, seed=args.seed)
+
+    log.info("[2/5] verify, fingerprint, plans (-pl %s) and preprocessing of 3d_fullres", CPU_PLANS)
+    plans = plan_and_preprocess(args.dataset, ["3d_fullres"], verify=True, num_workers=2, plans_name=CPU_PLANS).plans
+    config = plans.configuration("3d_fullres")
+    log.info("  3d_fullres: spacing %s, patch %s, batch %d", [round(s, 3) for s in config.spacing], config.patch_size, config.batch_size)
+
+    log.info("[3/5] training 3d_fullres fold 0: %d epochs x %d iterations", args.epochs, args.iterations)
+    settings = TrainingSettings(
+        epochs=args.epochs, iterations_per_epoch=args.iterations, validation_iterations=5, num_workers=1,
+        checkpoint_every=1, loss=args.loss,
+    )
+    result = train(TrainingJob(args.dataset, "3d_fullres", 0, CPU_PLANS, settings, resume=True))
+    log.info("  model and training curves in %s", result.fold_dir)
+
+    log.info("[4/5] predicting imagesTs with and without mirroring TTA")
+    out = results_root() / name / "demo_predictions"
+    model = load_trained_model(result.fold_dir.parent, folds=[0])
+    timings = {}
+    for tag, tta in (("tta", True), ("no_tta", False)):
+        seconds = predict_folder(model, raw_root() / name / "imagesTs", out / tag, use_tta=tta)
+        timings[tag] = sum(seconds.values()) / max(len(seconds), 1)
+
+    log.info("[5/5] evaluating against labelsTs")
+    labels = raw_root() / name / "labelsTs"
+    evaluation = evaluate_folders(labels, out / "tta", out / "tta")
+    print(format_summary_table(evaluation))
+    benchmark_methods(
+        labels, {"tta": out / "tta", "no_tta": out / "no_tta"}, out / "benchmark", runtimes=timings,
+    )
+    print((out / "benchmark" / "benchmark.md").read_text())
+    log.info("demo finished in %.0f s; predictions in %s", time.perf_counter() - start, out)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,9 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-cases", type=int, default=2)
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--iterations", type=int, default=25, help="training iterations per epoch")
+    parser.add_argument("--loss", default="dice_ce")
     args = parser.parse_args(argv)
     configure_logging()
-    run_demo(args.dataset, args.cases, args.test_cases, args.size, args.seed)
+    run_demo(args)
     return 0
 
 

@@ -210,6 +210,7 @@ def train(job: TrainingJob) -> TrainingResult:
     train_batches, aug = _batches(ctx, train_ids, settings, dist, True, batch_size)
     val_batches, _ = _batches(ctx, val_ids, settings, dist, False, batch_size)
     mirror_axes = tuple(aug.mirror_axes) if aug is not None else ()
+    checkpointer.metadata["mirror_axes"] = list(mirror_axes)  # the predictor mirrors the same axes
     show_bar = dist.is_main and sys.stderr.isatty()
     try:
         for epoch in range(start_epoch, settings.epochs):
