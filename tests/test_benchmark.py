@@ -42,7 +42,7 @@ def reference(case_index: int) -> np.ndarray:
 
 
 @pytest.fixture
-def test_set(tmp_path):
+def sample_set(tmp_path):
     """References, test images (nnU-Net layout) and two methods' predictions."""
     root = tmp_path / "data"
     dirs = {name: root / name for name in ("ref", "images", "ours", "other")}
@@ -67,10 +67,10 @@ def test_wilcoxon_edge_cases():
     assert wilcoxon_p(d) == pytest.approx(wilcoxon(d).pvalue)
 
 
-def test_benchmark_tables_plots_and_paired_values(test_set, tmp_path):
+def test_benchmark_tables_plots_and_paired_values(sample_set, tmp_path):
     out = tmp_path / "bench"
-    methods = {"ours": test_set["ours"], "other": test_set["other"]}
-    result = benchmark_methods(test_set["ref"], methods, out, runtimes={"ours": 30.0})
+    methods = {"ours": sample_set["ours"], "other": sample_set["other"]}
+    result = benchmark_methods(sample_set["ref"], methods, out, runtimes={"ours": 30.0})
     for name in ("per_case.csv", "summary.csv", "paired.csv", "benchmark.md", "benchmark.json", "boxplots_label1.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert (out / "boxplots_label1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -95,17 +95,17 @@ def test_benchmark_tables_plots_and_paired_values(test_set, tmp_path):
     assert payload["reference_method"] == "ours" and payload["labels"] == [1]
 
 
-def test_single_case_and_identical_methods_are_handled(test_set, tmp_path):
+def test_single_case_and_identical_methods_are_handled(sample_set, tmp_path):
     for case in CASES[1:]:
         for name in ("ref", "ours"):
-            (test_set[name] / f"{case}.nii.gz").unlink()
-    result = benchmark_methods(test_set["ref"], {"a": test_set["ours"], "b": test_set["ours"]}, tmp_path / "b")
+            (sample_set[name] / f"{case}.nii.gz").unlink()
+    result = benchmark_methods(sample_set["ref"], {"a": sample_set["ours"], "b": sample_set["ours"]}, tmp_path / "b")
     dice = result.paired.set_index("metric").loc["dice"]
     assert dice["n"] == 1 and dice["mean_diff"] == 0.0 and math.isnan(dice["p_value"])
     assert "n/a" in (tmp_path / "b" / "benchmark.md").read_text()
 
 
-def test_cli_realigns_metadata_only_differences_and_rejects_shapes(test_set, tmp_path, capsys, caplog):
+def test_cli_realigns_metadata_only_differences_and_rejects_shapes(sample_set, tmp_path, capsys, caplog):
     headerless = tmp_path / "headerless"
     headerless.mkdir()
     for i, case in enumerate(CASES):  # like vesselFM: right voxels, default spacing/origin
@@ -113,7 +113,7 @@ def test_cli_realigns_metadata_only_differences_and_rejects_shapes(test_set, tmp
             reference(i), ImageGeometry(shape=GEOMETRY.shape, spacing=(1.0, 1.0, 1.0)), headerless / f"{case}.nii.gz"
         )
     out = tmp_path / "cli"
-    argv = ["-ref", str(test_set["ref"]), f"ours={test_set['ours']}", f"vfm={headerless}", "-o", str(out)]
+    argv = ["-ref", str(sample_set["ref"]), f"ours={sample_set['ours']}", f"vfm={headerless}", "-o", str(out)]
     assert main([*argv, "--runtime", "ours=12.5"]) == 0
     assert "realigned" in caplog.text
     summary = pd.read_csv(out / "summary.csv").set_index("method")
@@ -127,7 +127,7 @@ def test_cli_realigns_metadata_only_differences_and_rejects_shapes(test_set, tmp
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "Traceback" not in err and "c2.nii.gz" in err and "shape" in err
     with pytest.raises(SystemExit) as exit_info:  # argparse: not NAME=DIR
-        main(["-ref", str(test_set["ref"]), "bad", "-o", str(out)])
+        main(["-ref", str(sample_set["ref"]), "bad", "-o", str(out)])
     assert exit_info.value.code == 2
 
 
@@ -202,7 +202,7 @@ def bin_dir(tmp_path, monkeypatch):
     return path
 
 
-def test_nnunet_runner_and_cli(test_set, tmp_path, bin_dir, monkeypatch):
+def test_nnunet_runner_and_cli(sample_set, tmp_path, bin_dir, monkeypatch):
     write_tool(bin_dir, "nnUNetv2_predict", STANDIN_IO + """
     assert arg("-d") == "7" and arg("-c") == "3d_fullres" and arg("-device") == "cpu"
     out = Path(arg("-o"))
@@ -214,11 +214,11 @@ def test_nnunet_runner_and_cli(test_set, tmp_path, bin_dir, monkeypatch):
     results = tmp_path / "nnUNet_results"
     monkeypatch.delenv("nnUNet_results", raising=False)
     with pytest.raises(VesselSegError, match="nnUNet_results is not set"):
-        run_nnunet(test_set["images"], tmp_path / "o", "7", device="cpu")
+        run_nnunet(sample_set["images"], tmp_path / "o", "7", device="cpu")
     with pytest.raises(VesselSegError, match="Dataset007_"):
-        run_nnunet(test_set["images"], tmp_path / "o", "7", device="cpu", results_dir=results)
+        run_nnunet(sample_set["images"], tmp_path / "o", "7", device="cpu", results_dir=results)
     (results / "Dataset007_Vessels").mkdir(parents=True)
-    run = run_nnunet(test_set["images"], tmp_path / "o", "7", device="cpu", results_dir=results)
+    run = run_nnunet(sample_set["images"], tmp_path / "o", "7", device="cpu", results_dir=results)
     assert sorted(p.name for p in run.pred_dir.iterdir()) == [f"{c}.nii.gz" for c in CASES]
     assert run.runtime_s > 0 and run.log_path.read_text().startswith("$ ")
     np.testing.assert_array_equal(read_label(run.pred_dir / "c2.nii.gz")[0], reference(1))
@@ -226,12 +226,12 @@ def test_nnunet_runner_and_cli(test_set, tmp_path, bin_dir, monkeypatch):
     out = tmp_path / "bench"
     argv = [
         "-ref",
-        str(test_set["ref"]),
-        f"ours={test_set['ours']}",
+        str(sample_set["ref"]),
+        f"ours={sample_set['ours']}",
         "-o",
         str(out),
         "--images",
-        str(test_set["images"]),
+        str(sample_set["images"]),
     ]
     argv += ["--run-nnunet", "7", "--nnunet-device", "cpu", "--nnunet-results", str(results)]
     assert main(argv) == 0
@@ -239,23 +239,23 @@ def test_nnunet_runner_and_cli(test_set, tmp_path, bin_dir, monkeypatch):
     assert summary.loc["nnunet", "dice"] == 1.0 and summary.loc["nnunet", "runtime_s"] > 0
 
 
-def test_missing_tools_and_weights_say_what_to_do(test_set, tmp_path, monkeypatch):
+def test_missing_tools_and_weights_say_what_to_do(sample_set, tmp_path, monkeypatch):
     empty = tmp_path / "empty_bin"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
     with pytest.raises(VesselSegError, match=r"nnUNetv2_predict not found on PATH; install nnU-Net v2"):
-        run_nnunet(test_set["images"], tmp_path / "o", "7")
+        run_nnunet(sample_set["images"], tmp_path / "o", "7")
     with pytest.raises(VesselSegError, match=r"seqseg not found on PATH; install SeqSeg"):
-        run_seqseg(test_set["images"], test_set["ref"], tmp_path / "o", None, "Dataset005_X")
+        run_seqseg(sample_set["images"], sample_set["ref"], tmp_path / "o", None, "Dataset005_X")
     monkeypatch.setenv("PYTHONPATH", str(empty))
     with pytest.raises(
         VesselSegError, match=r"vesselFM is not importable .*git clone https://github.com/bwittmann/vesselFM"
     ):
-        run_vesselfm(test_set["images"], tmp_path / "o", tmp_path / "w.pt")
-    assert main(["-ref", str(test_set["ref"]), "-o", str(tmp_path / "b"), "--run-vesselfm"]) == 2  # needs --images
+        run_vesselfm(sample_set["images"], tmp_path / "o", tmp_path / "w.pt")
+    assert main(["-ref", str(sample_set["ref"]), "-o", str(tmp_path / "b"), "--run-vesselfm"]) == 2  # needs --images
 
 
-def test_seqseg_runner_stages_seeds_and_collects(test_set, tmp_path, bin_dir):
+def test_seqseg_runner_stages_seeds_and_collects(sample_set, tmp_path, bin_dir):
     write_tool(bin_dir, "seqseg", STANDIN_IO + """
     data, out = Path(arg("-data_dir")), arg("-outdir")
     assert out.endswith("/") and arg("-unit") == "mm" and arg("-img_ext") == ".nii.gz"
@@ -270,15 +270,15 @@ def test_seqseg_runner_stages_seeds_and_collects(test_set, tmp_path, bin_dir):
     """)  # fmt: skip
     weights = tmp_path / "seqseg_weights"
     with pytest.raises(VesselSegError, match="SeqSeg weights not found"):
-        run_seqseg(test_set["images"], test_set["ref"], tmp_path / "o", weights, "Dataset005_X")
+        run_seqseg(sample_set["images"], sample_set["ref"], tmp_path / "o", weights, "Dataset005_X")
     (weights / "Dataset005_X" / "nnUNetTrainer__nnUNetPlans__3d_fullres").mkdir(parents=True)
-    run = run_seqseg(test_set["images"], test_set["ref"], tmp_path / "o", weights, "Dataset005_X")
+    run = run_seqseg(sample_set["images"], sample_set["ref"], tmp_path / "o", weights, "Dataset005_X")
     assert sorted(p.name for p in run.pred_dir.iterdir()) == [f"{c}.mha" for c in CASES]
     assert [s["name"] for s in run.extra["seeds"]] == list(CASES)
     np.testing.assert_array_equal(read_label(run.pred_dir / "c3.mha")[0], reference(2))
 
 
-def test_vesselfm_runner_with_a_stand_in_package(test_set, tmp_path, monkeypatch):
+def test_vesselfm_runner_with_a_stand_in_package(sample_set, tmp_path, monkeypatch):
     package = tmp_path / "site" / "vesselfm" / "seg"
     package.mkdir(parents=True)
     (package.parent / "__init__.py").write_text("")
@@ -293,18 +293,18 @@ def test_vesselfm_runner_with_a_stand_in_package(test_set, tmp_path, monkeypatch
     """))  # fmt: skip
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path / "site"), *sys.path]))
     with pytest.raises(VesselSegError, match="huggingface.co/bwittmann/vesselFM"):
-        run_vesselfm(test_set["images"], tmp_path / "o", tmp_path / "missing.pt")
+        run_vesselfm(sample_set["images"], tmp_path / "o", tmp_path / "missing.pt")
     weights = tmp_path / "vesselFM_base.pt"
     weights.write_bytes(b"weights")
     out = tmp_path / "bench"
     argv = [
         "-ref",
-        str(test_set["ref"]),
-        f"ours={test_set['ours']}",
+        str(sample_set["ref"]),
+        f"ours={sample_set['ours']}",
         "-o",
         str(out),
         "--images",
-        str(test_set["images"]),
+        str(sample_set["images"]),
     ]
     assert main([*argv, "--run-vesselfm", "--vesselfm-weights", str(weights)]) == 0
     assert sorted(p.name for p in (out / "predictions" / "vesselfm").iterdir()) == [f"{c}.nii.gz" for c in CASES]

@@ -134,7 +134,7 @@ def _channel_files(folder: Path, info: DatasetInfo) -> dict[str, dict[int, Path]
             continue
         stem = name[: -len(ending)]
         if len(stem) < 6 or stem[-5] != "_" or not stem[-4:].isdigit():
-            raise DatasetError(f"{path}: image names must end in _XXXX{ending} (4-digit channel), e.g. case_0000{ending}")
+            raise DatasetError(f"{path}: image names must end in _NNNN{ending} (4-digit channel), e.g. case_0000{ending}")
         by_case.setdefault(stem[:-5], {})[int(stem[-4:])] = path
     return by_case
 

@@ -5,9 +5,9 @@ unpacks to::
 
     Task08_HepaticVessel/
         dataset.json                        "modality": {"0": "CT"}, "labels": {"0": "background", "1": "Vessel", "2": "Tumour"}
-        imagesTr/hepaticvessel_XXX.nii.gz   303 portal-venous CT volumes
-        labelsTr/hepaticvessel_XXX.nii.gz   0 background, 1 vessel, 2 tumour
-        imagesTs/hepaticvessel_XXX.nii.gz   140 unlabelled test volumes
+        imagesTr/hepaticvessel_NNN.nii.gz   303 portal-venous CT volumes
+        labelsTr/hepaticvessel_NNN.nii.gz   0 background, 1 vessel, 2 tumour
+        imagesTs/hepaticvessel_NNN.nii.gz   140 unlabelled test volumes
 
 Images are copied byte for byte under their ``_0000`` channel name; labels are rewritten with
 the tumour either folded into background (vessel-only task, the default) or kept as label 2.
@@ -81,8 +81,8 @@ def list_msd_hepatic_cases(task_dir: str | Path, include_test: bool = True) -> l
     """
     task_dir = Path(task_dir)
     meta = _check_dataset_json(task_dir / "dataset.json")
-    images_tr = require_folder(task_dir / "imagesTr", "imagesTr/ with hepaticvessel_XXX.nii.gz")
-    labels_tr = require_folder(task_dir / "labelsTr", "labelsTr/ with hepaticvessel_XXX.nii.gz")
+    images_tr = require_folder(task_dir / "imagesTr", "imagesTr/ with hepaticvessel_NNN.nii.gz")
+    labels_tr = require_folder(task_dir / "labelsTr", "labelsTr/ with hepaticvessel_NNN.nii.gz")
     on_disk = {p.name: p for p in visible_files(images_tr) if p.name.endswith(ENDING)}
     absent = sorted(_listed_files(meta, "training") - set(on_disk))
     if absent:

@@ -1,6 +1,6 @@
 """TopCoW (Circle of Willis, MICCAI 2023/2024 challenge) to a vessel_seg raw dataset.
 
-Two published release layouts are recognised (file names ``topcow_{ct,mr}_[whole_|roi_]XXX``)::
+Two published release layouts are recognised (file names ``topcow_{ct,mr}_[whole_|roi_]NNN``)::
 
     TopCoW2024_Data_Release/                  topcow_batch-1_40pairMRCT_30062023/  (2023)
         imagesTr/topcow_ct_001_0000.nii.gz        imagesTr/topcow_ct_whole_001_0000.nii.gz
@@ -90,7 +90,7 @@ def list_topcow_cases(release: str | Path, modality: str, multiclass: bool = Fal
     if region not in ("whole", "roi"):
         raise DatasetError(f"region {region!r} is not supported: use 'whole' or 'roi'")
     release = Path(release)
-    images = require_folder(release / "imagesTr", "imagesTr/ with topcow_{ct,mr}_XXX_0000.nii.gz")
+    images = require_folder(release / "imagesTr", "imagesTr/ with topcow_{ct,mr}_NNN_0000.nii.gz")
     labels = _label_folder(release, multiclass)
     cases, skipped = [], 0
     for image in visible_files(images):
@@ -105,7 +105,7 @@ def list_topcow_cases(release: str | Path, modality: str, multiclass: bool = Fal
         cases.append(SourceCase(case_id, image, label))
     if not cases:
         raise DatasetError(
-            f"{images}: no {region} {modality.upper()} images named topcow_{modality}_[{region}_]XXX_0000.nii.gz "
+            f"{images}: no {region} {modality.upper()} images named topcow_{modality}_[{region}_]NNN_0000.nii.gz "
             f"({skipped} other files); check --modality"
         )
     log.info("TopCoW: %d %s cases, %d files of other modality/region skipped", len(cases), modality, skipped)

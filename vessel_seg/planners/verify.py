@@ -4,7 +4,7 @@ Unlike the loaders, which stop at the first error, :func:`verify_dataset` reads 
 and reports all problems it finds, each line starting with the file concerned:
 
 * ``dataset.json`` missing or invalid, ``numTraining`` not matching the cases found;
-* image files not named ``CASE_XXXX<ending>``, channels missing or undeclared, labels missing or
+* image files not named ``CASE_NNNN<ending>``, channels missing or undeclared, labels missing or
   without images;
 * unreadable, truncated or empty files and NaN/Inf voxels (as reported by the image reader);
 * channels of one case, or image and label, that differ in shape, spacing, origin or direction;
@@ -34,7 +34,7 @@ def _scan_images(folder: Path, info: DatasetInfo, problems: list[str]) -> dict[s
             continue
         stem = path.name[: -len(ending)]
         if len(stem) < 6 or stem[-5] != "_" or not stem[-4:].isdigit():
-            problems.append(f"{path}: name must end in _XXXX{ending} (4-digit channel index), e.g. case_0000{ending}")
+            problems.append(f"{path}: name must end in _NNNN{ending} (4-digit channel index), e.g. case_0000{ending}")
             continue
         by_case.setdefault(stem[:-5], {})[int(stem[-4:])] = path
     return by_case
