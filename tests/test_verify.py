@@ -80,7 +80,7 @@ BREAKAGES = {
         lambda p: write_image(image(5), GEOMETRY, p),
         "channel 2 is not declared",
     ),
-    "bad name": ("imagesTr/c.nii.gz", lambda p: write_image(image(5), GEOMETRY, p), "name must end in _XXXX"),
+    "bad name": ("imagesTr/c.nii.gz", lambda p: write_image(image(5), GEOMETRY, p), "name must end in _NNNN"),
     "orphan label": ("labelsTr/c.nii.gz", lambda p: write_image(label(), GEOMETRY, p), "label has no image"),
     "numTraining": (
         "dataset.json",
