@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=None, help="initial learning rate (default 1e-2 SGD, 1e-3 AdamW)")
     parser.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICES)} (default auto)")
     parser.add_argument("--num-workers", type=int, default=TrainingSettings.num_workers, help="data augmentation processes")
-    parser.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    parser.add_argument("--no-amp", action="store_true", help="disable mixed precision (fp16 on CUDA, bf16 on CPUs that support it natively)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
     parser.add_argument("--checkpoint-every", type=int, default=TrainingSettings.checkpoint_every, help="epochs between latest checkpoints")
     parser.add_argument("--seed", type=int, default=TrainingSettings.seed)

@@ -16,7 +16,7 @@ from torch import nn
 
 from vessel_seg.checkpoint import load_checkpoint
 from vessel_seg.dataset import DatasetInfo, list_cases
-from vessel_seg.device import select_device
+from vessel_seg.device import mixed_precision_enabled, select_device
 from vessel_seg.errors import CheckpointError, VesselSegError
 from vessel_seg.imageio import ImageGeometry, read_image, write_image
 from vessel_seg.inference.case_prediction import labels_from_probabilities, predict_probabilities
@@ -94,7 +94,7 @@ def predict_image(
         data = np.concatenate([data, extra_channels])
     probs = predict_probabilities(
         model.networks, data, model.config, len(model.label_values), model.mirror_axes if use_tta else (),
-        model.device, amp=model.device.type == "cuda",
+        model.device, amp=mixed_precision_enabled(model.device, True),
     )
     seg = labels_from_probabilities(probs, model.label_values)
     restored = restore_to_original(seg, props, is_label=True, labels=model.label_values[1:])

@@ -12,8 +12,13 @@ name                      loss (each term minimised at 0)
 ``dice_ce_center``        ``(1 - soft Dice) + centreline-weighted CE``
 ========================  ===================================================================
 
-``alpha = 0.5`` is the largest value Shit et al. (CVPR 2021) used with Dice; it lets clDice
-steer connectivity without outweighing the overlap terms that make the segmentation converge.
+Shit et al. (CVPR 2021) train with ``(1 - alpha) * soft Dice + alpha * clDice`` for alpha up to
+0.5; we keep nnU-Net's Dice + CE whole and add ``0.5 * clDice``, enough for clDice to steer
+connectivity without outweighing the overlap terms that make the segmentation converge.
+
+Extra cost over ``dice_ce`` (forward + backward, batch 2, 64³ patch with outputs at 1/2 and 1/4,
+one CPU thread, torch 2.13): ~0.5 s for clDice with 10 skeleton steps (linear in the steps),
+~0.06 s for the centreline weights; ``dice_ce`` itself takes ~0.01 s.
 The term classes live in :mod:`~vessel_seg.trainers.losses_region` and
 :mod:`~vessel_seg.trainers.losses_topology` and are re-exported here.
 """

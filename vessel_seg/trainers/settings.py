@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-LOSSES = ("dice_ce", "dice_ce_cldice", "dice_ce_center")
+from vessel_seg.trainers.losses import LOSS_NAMES as LOSSES
+
 OPTIMIZERS = ("sgd", "adamw")
 
 

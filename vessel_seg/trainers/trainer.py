@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from vessel_seg.case_store import list_cases
 from vessel_seg.dataset import DatasetInfo
-from vessel_seg.device import autocast, configure_backends, select_device
+from vessel_seg.device import autocast, configure_backends, mixed_precision_enabled, select_device
 from vessel_seg.errors import DatasetError, VesselSegError
 from vessel_seg.model_folder import DEFAULT_TRAINER, fold_name, model_dir
 from vessel_seg.networks.resunet import build_network
@@ -170,11 +170,10 @@ def train(job: TrainingJob) -> TrainingResult:
     if job.pretrained is not None:
         load_pretrained_weights(network, job.pretrained)
     optimizer = build_optimizer(network, settings)
-    use_amp = settings.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda") if use_amp else None
-    first_out = 1 if not ctx.config.network.deep_supervision else len(ctx.config.network.features_per_stage) - 1
+    use_amp = mixed_precision_enabled(device, settings.amp)
+    scaler = torch.amp.GradScaler("cuda") if use_amp and device.type == "cuda" else None  # bf16 needs no scaling
     loss_fn = build_loss(
-        settings.loss, ctx.config.network.deep_supervision, first_out, batch_dice=ctx.config.batch_dice,
+        settings.loss, network.deep_supervision, network.num_outputs, batch_dice=ctx.config.batch_dice,
         kernel_size=[1 if k == 1 else 3 for k in ctx.config.network.kernel_sizes[0]],
     )
 
