@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from vessel_seg.trainers.losses import (
     LOSS_NAMES,
@@ -17,7 +18,7 @@ from vessel_seg.trainers.losses import (
     deep_supervision_weights,
     downsample_target,
 )
-from vessel_seg.trainers.losses_topology import soft_erode, soft_skeleton
+from vessel_seg.trainers.losses_topology import soft_dilate, soft_erode, soft_skeleton
 
 
 def tube(shape=(16, 16, 32), radius=3.5) -> torch.Tensor:
@@ -77,6 +78,17 @@ def test_cldice_punishes_a_gap_more_than_the_same_voxels_lost_at_the_surface():
     gap_loss, thin_loss = cldice(confident_logits(gap), target), cldice(confident_logits(thinned), target)
     assert gap_loss > 0.01
     assert thin_loss < gap_loss / 5
+
+
+def test_soft_morphology_matches_max_pooling():
+    x = torch.rand(2, 3, 6, 7, 8)
+    torch.testing.assert_close(soft_dilate(x), F.max_pool3d(x, 3, 1, 1))
+    lines = [(3, 1, 1), (1, 3, 1), (1, 1, 3)]
+    cross = torch.stack([-F.max_pool3d(-x, k, 1, [v // 2 for v in k]) for k in lines]).amin(0)
+    torch.testing.assert_close(soft_erode(x), cross)
+    image = torch.rand(2, 1, 9, 10)
+    torch.testing.assert_close(soft_dilate(image), F.max_pool2d(image, 3, 1, 1))
+    torch.testing.assert_close(soft_dilate(x, (1, 3, 3)), F.max_pool3d(x, (1, 3, 3), 1, (0, 1, 1)))
 
 
 def test_soft_skeleton_of_a_tube_is_its_centreline():
