@@ -1,5 +1,9 @@
 """Predicting raw images with a trained model: preprocess exactly as in training, sliding window,
-fold ensemble, and export in the input's own geometry.
+fold ensemble, cascade, and export in the input's own geometry.
+
+A fold ensemble averages the softmax probabilities of the fold networks (nnU-Net's choice). For
+``3d_cascade_fullres`` the ``3d_lowres`` model of the same folds runs first; its segmentation is
+resampled onto the full-resolution preprocessed grid and appended as one-hot input channels.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from vessel_seg.case_store import CaseProperties
 from vessel_seg.checkpoint import load_checkpoint
-from vessel_seg.dataset import DatasetInfo, list_cases
+from vessel_seg.dataset import DatasetInfo
 from vessel_seg.device import mixed_precision_enabled, select_device
 from vessel_seg.errors import CheckpointError, VesselSegError
-from vessel_seg.imageio import ImageGeometry, read_image, write_image
+from vessel_seg.imageio import ImageGeometry
+from vessel_seg.inference.cascade import previous_stage_onehot, resample_for_next_stage
 from vessel_seg.inference.case_prediction import labels_from_probabilities, predict_probabilities
 from vessel_seg.model_folder import checkpoint_path, fold_name
 from vessel_seg.networks.resunet import build_network
@@ -30,7 +36,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainedModel:
-    """Networks of one configuration (one per fold) with the plans they were trained with."""
+    """Networks of one configuration (one per fold) with the plans they were trained with.
+
+    ``previous_stage`` is the ``3d_lowres`` model (same folds) when this is a cascade stage.
+    """
 
     model_dir: Path
     plans: Plans
@@ -41,27 +50,44 @@ class TrainedModel:
     mirror_axes: tuple[int, ...]
     device: torch.device
     label_values: list[int] = field(default_factory=list)
+    previous_stage: TrainedModel | None = None
+
+    @property
+    def name(self) -> str:
+        """The model folder's name, ``<trainer>__<plans>__<configuration>``."""
+        return self.model_dir.name
 
 
 def available_folds(model_dir: Path, which: str = "final") -> list[str]:
     """Fold names (``"0"``, ``"all"``, ...) that have the requested checkpoint."""
-    return sorted(p.parent.name.removeprefix("fold_") for p in model_dir.glob(f"fold_*/checkpoint_{which}.pt"))
+    return sorted(p.parent.name.removeprefix("fold_") for p in Path(model_dir).glob(f"fold_*/checkpoint_{which}.pt"))
 
 
 def load_trained_model(
     model_dir: str | Path, folds: Sequence[str | int] | None = None, checkpoint: str = "final", device: str = "auto"
 ) -> TrainedModel:
-    """Load the plans and the networks of ``folds`` (default: every fold with that checkpoint)."""
+    """Load the plans and the networks of ``folds`` (default: every fold with that checkpoint).
+
+    A cascade stage also loads its previous stage (sibling folder, same folds and checkpoint).
+    Raises :class:`CheckpointError` naming the fold and the model folder when a fold was never trained.
+    """
     model_dir = Path(model_dir)
     if not (model_dir / "plans.json").is_file():
         raise VesselSegError(f"{model_dir}: not a trained model folder (no plans.json); train with vs_train first")
     plans = Plans.load(model_dir / "plans.json")
-    config_name = model_dir.name.split("__")[-1]
-    config = plans.configuration(config_name)
+    config = plans.configuration(model_dir.name.split("__")[-1])
     info = DatasetInfo.load(model_dir / "dataset.json")
     fold_list = [str(f) for f in folds] if folds else available_folds(model_dir, checkpoint)
     if not fold_list:
         raise CheckpointError(f"{model_dir}: no fold has checkpoint_{checkpoint}.pt; train a fold first")
+    for fold in fold_list:
+        path = checkpoint_path(model_dir / fold_name(fold), checkpoint)
+        if not path.is_file():
+            trained = ", ".join(available_folds(model_dir, checkpoint)) or "none"
+            raise CheckpointError(
+                f"{path}: fold {fold} of {model_dir} has no checkpoint_{checkpoint}.pt (trained folds: {trained}); "
+                f"train it or choose other folds with -f"
+            )
     torch_device = select_device(device)
     networks, mirror_axes = [], ()
     for fold in fold_list:
@@ -72,33 +98,116 @@ def load_trained_model(
         network.deep_supervision = False
         networks.append(network.to(torch_device).eval())
         mirror_axes = tuple(int(a) for a in meta.get("mirror_axes", ()))
+    previous = None
+    if config.previous_stage is not None:
+        trainer, plans_name, _ = model_dir.name.split("__")
+        previous_dir = model_dir.parent / f"{trainer}__{plans_name}__{config.previous_stage}"
+        if not previous_dir.is_dir():
+            raise CheckpointError(
+                f"{previous_dir}: {config.name} needs the {config.previous_stage} model, which is missing; "
+                f"train {config.previous_stage} with the same folds first"
+            )
+        previous = load_trained_model(previous_dir, fold_list, checkpoint, device)
     return TrainedModel(
-        model_dir, plans, config, info, networks, fold_list, mirror_axes, torch_device, sorted(plans.labels.values())
+        model_dir, plans, config, info, networks, fold_list, mirror_axes, torch_device,
+        sorted(plans.labels.values()), previous,
     )
 
 
-def predict_image(
-    model: TrainedModel, images: np.ndarray, geometry: ImageGeometry, case_id: str = "case",
-    use_tta: bool = True, extra_channels: np.ndarray | None = None,
-) -> tuple[np.ndarray, torch.Tensor]:
-    """Segment one raw image ``(C, Z, Y, X)``; returns the label map in the input geometry and the
-    class probabilities in preprocessed space."""
+def check_input(model: TrainedModel, images: np.ndarray, geometry: ImageGeometry, case_id: str) -> None:
+    """One-line errors for images the model cannot take (channel count, 2D image into a 3D model)."""
     if images.shape[0] != model.info.num_channels:
         raise VesselSegError(
-            f"{case_id}: the model expects {model.info.num_channels} channel(s), the image has {images.shape[0]}"
+            f"{case_id}: the model {model.name} expects {model.info.num_channels} channel(s), "
+            f"the image has {images.shape[0]}; give one file per channel (CASE_0000, CASE_0001, ...)"
         )
     if geometry.ndim == 2 and model.config.dim == 3:
-        raise VesselSegError(f"{case_id}: a 2D image cannot be segmented by a 3D model; use a 2d configuration")
+        raise VesselSegError(
+            f"{case_id}: a 2D image cannot be segmented by the 3D model {model.name}; use a 2d configuration (-c 2d)"
+        )
+
+
+def predict_preprocessed(
+    model: TrainedModel, images: np.ndarray, geometry: ImageGeometry, case_id: str = "case", use_tta: bool = True
+) -> tuple[torch.Tensor, CaseProperties]:
+    """Class probabilities of one raw image in the model's preprocessed space.
+
+    Parameters
+    ----------
+    model : TrainedModel
+    images : ndarray, (C, Z, Y, X)
+        Raw intensities in the original array order.
+    geometry : ImageGeometry
+        Geometry of ``images``.
+    case_id : str
+        Used in messages only.
+    use_tta : bool
+        Mirror along the axes the model was trained to be invariant to.
+
+    Returns
+    -------
+    probabilities : Tensor, (K, Z', Y', X'), float16
+        Fold-averaged softmax probabilities, one channel per label value in ascending order.
+    props : CaseProperties
+        What it takes to map them back (see :func:`restore_to_original`).
+    """
+    check_input(model, images, geometry, case_id)
     data, _, props = preprocess_case(images, None, geometry, model.plans, model.config, case_id)
-    if extra_channels is not None:
-        data = np.concatenate([data, extra_channels])
+    if model.previous_stage is not None:
+        low = model.previous_stage
+        low_probs, low_props = predict_preprocessed(low, images, geometry, case_id, use_tta)
+        low_seg = labels_from_probabilities(low_probs, low.label_values)
+        del low_probs
+        seg = resample_for_next_stage(
+            low_seg, low_props.spacing, props.shape_after_resampling, props.spacing, model.label_values
+        )
+        data = np.concatenate([data, previous_stage_onehot(seg, model.label_values)])
     probs = predict_probabilities(
         model.networks, data, model.config, len(model.label_values), model.mirror_axes if use_tta else (),
         model.device, amp=mixed_precision_enabled(model.device, True),
     )
+    return probs.half(), props
+
+
+def predict_image(
+    model: TrainedModel, images: np.ndarray, geometry: ImageGeometry, case_id: str = "case", use_tta: bool = True,
+) -> tuple[np.ndarray, torch.Tensor]:
+    """Segment one raw image ``(C, Z, Y, X)``.
+
+    Returns the label map in the input geometry (shape ``geometry.shape``, the dataset's label
+    values) and the float16 class probabilities ``(K, Z', Y', X')`` in preprocessed space.
+    """
+    probs, props = predict_preprocessed(model, images, geometry, case_id, use_tta)
     seg = labels_from_probabilities(probs, model.label_values)
     restored = restore_to_original(seg, props, is_label=True, labels=model.label_values[1:])
     return restored, probs
+
+
+def predict_original_probabilities(
+    models: Sequence[TrainedModel], images: np.ndarray, geometry: ImageGeometry, case_id: str = "case",
+    use_tta: bool = True,
+) -> np.ndarray:
+    """Class probabilities ``(K, Z, Y, X)`` float16 in the input geometry, averaged over ``models``.
+
+    Each model's probabilities are restored to the original grid before averaging, so models of
+    different configurations (different spacings) can be ensembled.
+    """
+    total = None
+    for model in models:
+        probs, props = predict_preprocessed(model, images, geometry, case_id, use_tta)
+        restored = restore_to_original(
+            probs.numpy(), props, is_label=False, anisotropy_threshold=model.config.anisotropy_threshold
+        )
+        del probs
+        restored = restored.astype(np.float32, copy=False)
+        total = restored if total is None else np.add(total, restored, out=total)
+    total /= len(models)
+    return total.astype(np.float16)
+
+
+def labels_from_original_probabilities(probabilities: np.ndarray, label_values: Sequence[int]) -> np.ndarray:
+    """Arg-max of ``(K, Z, Y, X)`` probabilities mapped to the label values (class i -> ``label_values[i]``)."""
+    return labels_from_probabilities(torch.from_numpy(np.asarray(probabilities)), label_values)
 
 
 def predict_folder(
@@ -109,18 +218,9 @@ def predict_folder(
     Cases whose output already exists are skipped unless ``overwrite``; each output is written
     atomically, so a killed run leaves only complete files and a rerun finishes the rest.
     """
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    seconds = {}
-    for case in list_cases(input_dir, model.info):
-        target = output_dir / f"{case.case_id}{model.info.file_ending}"
-        if target.exists() and not overwrite:
-            log.info("%s exists, skipped", target)
-            continue
-        start = time.perf_counter()
-        images, geometry = read_image(case.images)
-        seg, _ = predict_image(model, images, geometry, case.case_id, use_tta)
-        write_image(seg, geometry, target)
-        seconds[case.case_id] = time.perf_counter() - start
-        log.info("%s: %.1f s", case.case_id, seconds[case.case_id])
+    from vessel_seg.inference.prediction_run import PredictionOptions, predict_cases
+
+    start = time.perf_counter()
+    seconds = predict_cases([model], input_dir, output_dir, PredictionOptions(use_tta=use_tta, overwrite=overwrite))
+    log.debug("predict_folder: %.1f s", time.perf_counter() - start)
     return seconds

@@ -21,10 +21,10 @@ from vessel_seg.dataset import DatasetInfo
 from vessel_seg.evaluation.evaluate import evaluate_folders
 from vessel_seg.evaluation.metrics_topology import cldice
 from vessel_seg.imageio import write_image
+from vessel_seg.inference.cascade import add_previous_stage_channels, resample_for_next_stage
 from vessel_seg.inference.case_prediction import labels_from_probabilities, predict_probabilities
 from vessel_seg.planners.plans import ConfigurationPlan, Plans
 from vessel_seg.planners.preprocessing import restore_to_original
-from vessel_seg.planners.resampling import resample_label_to_shape
 
 log = logging.getLogger(__name__)
 
@@ -107,17 +107,6 @@ def validate_full_volumes(
     return result.summary
 
 
-def add_previous_stage_channels(
-    data: np.ndarray, case_id: str, previous_stage_dir: Path | None, label_values: Sequence[int]
-) -> np.ndarray:
-    """Append the previous cascade stage's segmentation as one-hot channels (one per foreground label)."""
-    if previous_stage_dir is None:
-        return data
-    seg = np.load(previous_stage_dir / f"{case_id}.npy", allow_pickle=False)
-    onehot = np.stack([(seg == v).astype(np.float32) for v in label_values[1:]])
-    return np.concatenate([data, onehot])
-
-
 def predict_next_stage(
     network: torch.nn.Module,
     config: ConfigurationPlan,
@@ -141,9 +130,9 @@ def predict_next_stage(
         probs = predict_probabilities([network], np.asarray(data), config, len(label_values), mirror_axes, device, amp)
         seg = labels_from_probabilities(probs, label_values)
         _, _, next_props = load_case(next_preprocessed_dir, case_id)
-        resampled = resample_label_to_shape(
-            seg, next_props.shape_after_resampling, props.spacing, next_props.spacing, list(label_values[1:])
+        resampled = resample_for_next_stage(
+            seg, props.spacing, next_props.shape_after_resampling, next_props.spacing, label_values
         )
         tmp = out_dir / f".{case_id}.tmp.npy"
-        np.save(tmp, resampled.astype(np.uint8))
+        np.save(tmp, resampled)
         tmp.replace(out_dir / f"{case_id}.npy")

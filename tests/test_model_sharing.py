@@ -1,0 +1,105 @@
+"""vs_export_model / vs_import_model: round trip, and refusal of unsafe archives."""
+
+from __future__ import annotations
+
+import pickle
+import stat
+import zipfile
+
+import pytest
+import torch
+
+from vessel_seg.cli.model_sharing import export_main, import_main
+from vessel_seg.cli.predict import main as predict_main
+from vessel_seg.dataset_conversion.synthetic import generate_dataset
+from vessel_seg.imageio import read_array
+from vessel_seg.planners.pipeline import plan_and_preprocess
+from vessel_seg.trainers.settings import TrainingSettings
+from vessel_seg.trainers.trainer import TrainingJob, train
+
+DATASET = "Dataset007_Synthetic"
+MODEL = f"{DATASET}/vsTrainer__cpu__3d_fullres"
+
+
+class _Payload:
+    """Unpickling this would create a marker file: a stand-in for a malicious checkpoint."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def _import_error(capsys, zip_path, *extra) -> str:
+    assert import_main([str(zip_path), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    return err
+
+
+def test_export_import_round_trip_then_predict(tmp_path, monkeypatch, capsys):
+    for name in ("raw", "preprocessed", "results"):
+        monkeypatch.setenv(f"VS_{name.upper()}", str(tmp_path / name))
+    generate_dataset(7, 3, num_test_cases=1, size=32, seed=3)
+    plan_and_preprocess(7, plans_name="cpu", num_workers=1)
+    settings = TrainingSettings(epochs=1, iterations_per_epoch=1, validation_iterations=1, num_workers=0,
+                                final_validation=False)
+    train(TrainingJob(7, "3d_fullres", "all", "cpu", settings))
+    archive = tmp_path / "model.zip"
+    assert export_main(["7", "-o", str(archive), "-c", "3d_fullres", "-pl", "cpu"]) == 0
+    names = set(zipfile.ZipFile(archive).namelist())
+    assert {f"{MODEL}/plans.json", f"{MODEL}/dataset.json", f"{MODEL}/fold_all/checkpoint_final.pt"} <= names
+    assert not any("latest" in n for n in names)
+
+    monkeypatch.setenv("VS_RESULTS", str(tmp_path / "elsewhere"))
+    assert import_main([str(archive)]) == 0
+    assert (tmp_path / "elsewhere" / MODEL / "fold_all" / "checkpoint_final.pt").is_file()
+    assert "already exists" in _import_error(capsys, archive)
+    assert import_main([str(archive), "--overwrite"]) == 0
+    assert not [p for p in (tmp_path / "elsewhere" / DATASET).iterdir() if p.name.startswith(".")]
+
+    image = next((tmp_path / "raw" / DATASET / "imagesTs").glob("*_0000.nii.gz"))
+    assert predict_main(["-i", str(image), "-o", str(tmp_path / "pred"), "--disable-tta"]) == 0
+    (mask,) = (tmp_path / "pred").glob("*.nii.gz")
+    assert read_array(mask)[1].mismatch(read_array(image)[1]) is None
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [("../evil.json", "leaves"), (f"{MODEL}/../../../evil.json", "leaves"), ("/tmp/evil.json", "absolute"),
+     (f"{MODEL}/notes.txt", "not part of")],
+)
+def test_unsafe_entries_are_refused(data_roots, tmp_path, capsys, entry, message):
+    archive = tmp_path / "bad.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr(f"{MODEL}/plans.json", "{}")
+        zf.writestr(entry, "{}")
+    assert message in _import_error(capsys, archive)
+    assert list(data_roots["results"].iterdir()) == []
+
+
+def test_symlink_entry_is_refused(data_roots, tmp_path, capsys):
+    archive = tmp_path / "link.zip"
+    link = zipfile.ZipInfo(f"{MODEL}/dataset.json")
+    link.external_attr = (stat.S_IFLNK | 0o777) << 16
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr(link, "/etc/passwd")
+    assert "symbolic link" in _import_error(capsys, archive)
+    assert list(data_roots["results"].iterdir()) == []
+
+
+def test_malicious_checkpoint_is_refused(data_roots, tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    with open(evil, "wb") as handle:
+        torch.save({"network_weights": _Payload(marker)}, handle, pickle_module=pickle)
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr(f"{MODEL}/plans.json", "{}")
+        zf.write(evil, f"{MODEL}/fold_0/checkpoint_final.pt")
+    err = _import_error(capsys, archive)
+    assert "checkpoint_final.pt refused" in err
+    assert not marker.exists()
+    assert not (data_roots["results"] / MODEL).exists()
+    assert list(data_roots["results"].iterdir()) == []

@@ -1,0 +1,78 @@
+"""``vs_predict``: segment images with a trained model (fold ensemble, cascade, recipe)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from vessel_seg.cli import run_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vs_predict",
+        description="Segment a folder of CASE_0000.ext images, one image file or a DICOM series folder. Masks are "
+        "written in the input's format and geometry (DICOM -> .nii.gz); cases already predicted are skipped.",
+    )
+    parser.add_argument("-i", required=True, type=Path, dest="input", help="image folder, image file or DICOM folder")
+    parser.add_argument("-o", required=True, type=Path, dest="output", help="output folder")
+    parser.add_argument("-d", dest="dataset", default=None,
+                        help="dataset id or name (default: the only dataset with a trained model)")
+    parser.add_argument("-c", dest="configuration", default=None,
+                        help="configuration (default: the inference recipe, else the best validated configuration)")
+    parser.add_argument("-f", dest="folds", nargs="+", default=None, help="folds to ensemble (default: all trained)")
+    parser.add_argument("-pl", dest="plans", default=None, help="plans name (default: any, if unambiguous)")
+    parser.add_argument("-tr", dest="trainer", default=None, help="trainer name (default: any, if unambiguous)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    parser.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation (8x faster in 3D)")
+    parser.add_argument("--checkpoint", choices=("final", "best"), default="final", help="checkpoint to load")
+    parser.add_argument("-np", type=int, default=None, dest="num_threads",
+                        help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--overwrite", action="store_true", help="predict cases whose mask already exists again")
+    parser.add_argument("--save-probabilities", action="store_true",
+                        help="also write CASE.npz: float16 class probabilities in the input geometry (for vs_ensemble)")
+    parser.add_argument("--mesh", action="store_true", help="also write a surface mesh CASE.vtp")
+    parser.add_argument("--centerline", action="store_true",
+                        help="also write the centerline graph CASE_centerline.json and CASE_centerline.vtp")
+    parser.add_argument("--preview", action="store_true", help="also write a maximum-intensity preview CASE_preview.png")
+    return parser
+
+
+def _command(args: argparse.Namespace) -> int:
+    import torch
+
+    from vessel_seg.inference.prediction_run import PredictionOptions, ensure_writable, predict_cases
+    from vessel_seg.inference.predictor import load_trained_model
+    from vessel_seg.inference.trained_models import choose_models, resolve_prediction_dataset
+    from vessel_seg.model_folder import parse_fold
+
+    if args.num_threads is not None:
+        torch.set_num_threads(max(1, args.num_threads))
+    if not args.input.exists():
+        from vessel_seg.errors import DatasetError
+
+        raise DatasetError(f"{args.input}: input not found; give an image file, a folder of CASE_0000 images or a DICOM folder")
+    ensure_writable(args.output)
+    folds = [str(parse_fold(f)) for f in args.folds] if args.folds else None
+    dataset = resolve_prediction_dataset(args.dataset)
+    choice = choose_models(dataset, args.configuration, args.plans, args.trainer)
+    models = [
+        load_trained_model(d, folds or choice.folds, args.checkpoint, args.device) for d in choice.model_dirs
+    ]
+    options = PredictionOptions(
+        use_tta=not args.disable_tta, overwrite=args.overwrite, save_probabilities=args.save_probabilities,
+        mesh=args.mesh, centerline=args.centerline, preview=args.preview, recipe=choice.recipe,
+    )
+    seconds = predict_cases(models, args.input, args.output, options)
+    names = ", ".join(f"{m.name} (folds {' '.join(m.folds)})" for m in models)
+    print(f"{len(seconds)} case(s) predicted with {names} into {args.output}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(build_parser(), _command, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,220 @@
+"""``vs_predict`` as a library call: find input cases, predict each, write every output atomically.
+
+Inputs: a folder of nnU-Net-named images (``CASE_0000.ext``, one file per channel), a single image
+file (case id = file name without extension and without a ``_0000`` suffix), or a DICOM series
+folder (case id = folder name, output ``CASE.nii.gz``). Outputs keep the input's format and
+geometry. Per case, extra outputs (probabilities, mesh, centerline, preview) are written first and
+the mask last, so a case counts as done once its mask exists: a killed run leaves no partial file
+and a rerun predicts only the cases without a mask.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from vessel_seg.errors import DatasetError, ImageWriteError, VesselSegError
+from vessel_seg.imageio import (
+    ImageGeometry,
+    image_extension,
+    read_dicom_series,
+    read_image,
+    strip_extension,
+    write_image,
+)
+from vessel_seg.inference.ensemble import PROBABILITY_SUFFIX, save_probabilities
+from vessel_seg.inference.predictor import (
+    TrainedModel,
+    labels_from_original_probabilities,
+    predict_image,
+    predict_original_probabilities,
+)
+
+log = logging.getLogger(__name__)
+
+CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+DICOM_OUTPUT_ENDING = ".nii.gz"
+
+
+@dataclass
+class InputCase:
+    """One case to predict: channel files in channel order (or a DICOM folder) and the output ending."""
+
+    case_id: str
+    files: list[Path]
+    file_ending: str
+    dicom: bool = False
+
+    def read(self) -> tuple[np.ndarray, ImageGeometry]:
+        if self.dicom:
+            data, geometry = read_dicom_series(self.files[0])
+            return data[None].astype(np.float32, copy=False), geometry
+        return read_image(self.files)
+
+
+@dataclass
+class PredictionOptions:
+    """What to write and how (see ``vs_predict --help``)."""
+
+    use_tta: bool = True
+    overwrite: bool = False
+    save_probabilities: bool = False
+    mesh: bool = False
+    centerline: bool = False
+    preview: bool = False
+    recipe: Any = None
+
+
+def _is_dicom_folder(folder: Path) -> bool:
+    return any(p.suffix.lower() == ".dcm" for p in folder.iterdir() if p.is_file())
+
+
+def find_input_cases(path: str | Path, num_channels: int) -> list[InputCase]:
+    """The cases under ``path`` (file, nnU-Net images folder or DICOM series folder), sorted by id."""
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"{path}: input not found; give an image file, a folder of CASE_0000 images or a DICOM folder")
+    if path.is_file():
+        ending = image_extension(path)
+        if ending is None:
+            if path.suffix.lower() == ".dcm":
+                return [InputCase(path.parent.name, [path.parent], DICOM_OUTPUT_ENDING, dicom=True)]
+            raise DatasetError(f"{path}: not a supported image file (.nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd, DICOM)")
+        match = CHANNEL_RE.match(strip_extension(path))
+        if match is None:
+            return [InputCase(strip_extension(path), [path], ending)]
+        case_id = match["case"]
+        files = [path.parent / f"{case_id}_{c:04d}{path.name[-len(ending):]}" for c in range(num_channels)]
+        missing = [f for f in files if not f.is_file()]
+        if missing:
+            raise DatasetError(f"{missing[0]}: channel file of case {case_id!r} is missing (the model needs {num_channels})")
+        return [InputCase(case_id, files, ending)]
+    images = [p for p in sorted(path.iterdir()) if p.is_file() and not p.name.startswith(".") and image_extension(p)]
+    if not images:
+        if _is_dicom_folder(path):
+            return [InputCase(path.name, [path], DICOM_OUTPUT_ENDING, dicom=True)]
+        raise DatasetError(f"{path}: no images found (expected CASE_0000.nii.gz-style files or a DICOM series)")
+    by_case: dict[str, dict[int, Path]] = {}
+    for image in images:
+        match = CHANNEL_RE.match(strip_extension(image))
+        if match is None:
+            raise DatasetError(f"{image}: image names in a folder must end in _NNNN (4-digit channel), e.g. case_0000.nii.gz")
+        by_case.setdefault(match["case"], {})[int(match["channel"])] = image
+    cases = []
+    for case_id, channels in sorted(by_case.items()):
+        if sorted(channels) != list(range(num_channels)):
+            raise DatasetError(
+                f"{path}: case {case_id!r} has channel(s) {sorted(channels)} but the model expects "
+                f"{list(range(num_channels))}; give one CASE_NNNN file per model channel"
+            )
+        files = [channels[c] for c in range(num_channels)]
+        cases.append(InputCase(case_id, files, image_extension(files[0]) or ""))
+    return cases
+
+
+def ensure_writable(folder: str | Path) -> Path:
+    """Create ``folder`` if needed and check that files can be created in it (before any work starts)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise ImageWriteError(f"{folder}: output folder is not writable ({exc.strerror or exc}); choose another -o") from exc
+    return folder
+
+
+def _case_outputs(case: InputCase, output_dir: Path) -> Path:
+    return output_dir / f"{case.case_id}{case.file_ending}"
+
+
+def _write_extras(
+    case: InputCase, images: np.ndarray, seg: np.ndarray, geometry: ImageGeometry, output_dir: Path, options: PredictionOptions
+) -> None:
+    """Surface mesh, centerline graph and MIP preview of the foreground (all labels > 0)."""
+    from vessel_seg.inference.centerline import extract_centerline, save_centerline
+    from vessel_seg.inference.preview import save_mip_preview
+    from vessel_seg.inference.surface_mesh import mask_to_surface, write_surface
+
+    mask = seg > 0
+    if (options.mesh or options.centerline) and not mask.any():
+        log.warning("%s: no vessel predicted, so no surface mesh or centerline was written", case.case_id)
+    elif options.mesh:
+        surface = mask_to_surface(mask, geometry)
+        write_surface(surface, output_dir / f"{case.case_id}.vtp")
+        write_surface(surface, output_dir / f"{case.case_id}.stl")
+    if options.centerline and mask.any():
+        graph = extract_centerline(mask, geometry)
+        save_centerline(graph, output_dir / f"{case.case_id}_centerline.json", output_dir / f"{case.case_id}_centerline.vtp")
+    if options.preview:
+        save_mip_preview(images[0], seg, geometry, output_dir / f"{case.case_id}_preview.png", title=case.case_id)
+
+
+def _postprocess(seg: np.ndarray, probs: np.ndarray | None, geometry: ImageGeometry, labels: list[int], recipe: Any) -> np.ndarray:
+    if recipe is None or getattr(recipe, "postprocessing", None) is None:
+        return seg
+    try:
+        from vessel_seg.inference.postprocessing import apply_postprocessing
+    except ImportError as exc:
+        raise VesselSegError(f"the inference recipe asks for postprocessing, which this installation lacks ({exc})") from exc
+    foreground = None if probs is None else 1.0 - probs[0].astype(np.float32)
+    return apply_postprocessing(seg, recipe.postprocessing, geometry.spacing, labels, probabilities_fg=foreground)
+
+
+def predict_case(
+    models: Sequence[TrainedModel], case: InputCase, output_dir: Path, options: PredictionOptions
+) -> None:
+    """Predict one case and write its outputs (extras first, the mask last)."""
+    images, geometry = case.read()
+    labels = models[0].label_values
+    probs = None
+    if len(models) == 1 and not options.save_probabilities:
+        seg, _ = predict_image(models[0], images, geometry, case.case_id, options.use_tta)
+    else:
+        probs = predict_original_probabilities(models, images, geometry, case.case_id, options.use_tta)
+        seg = labels_from_original_probabilities(probs, labels)
+    seg = _postprocess(seg, probs, geometry, labels, options.recipe)
+    if options.save_probabilities:
+        save_probabilities(output_dir / f"{case.case_id}{PROBABILITY_SUFFIX}", probs, labels, geometry, case.file_ending)
+    del probs
+    _write_extras(case, images, seg, geometry, output_dir, options)
+    write_image(seg, geometry, _case_outputs(case, output_dir))
+
+
+def predict_cases(
+    models: Sequence[TrainedModel], input_path: str | Path, output_dir: str | Path, options: PredictionOptions | None = None,
+) -> dict[str, float]:
+    """Predict every case under ``input_path`` into ``output_dir``; returns seconds per predicted case.
+
+    ``models`` (one per configuration) are ensembled by averaging their probabilities in the input
+    geometry. Cases with an existing mask are skipped unless ``options.overwrite``.
+    """
+    options = options or PredictionOptions()
+    if not models:
+        raise VesselSegError("no model to predict with")
+    if len({tuple(m.label_values) for m in models}) > 1:
+        raise VesselSegError(f"models {', '.join(m.name for m in models)} have different labels; they cannot be ensembled")
+    cases = find_input_cases(input_path, models[0].info.num_channels)
+    output_dir = ensure_writable(output_dir)
+    todo = [c for c in cases if options.overwrite or not _case_outputs(c, output_dir).exists()]
+    if len(todo) < len(cases):
+        log.info("%d of %d case(s) already predicted in %s, skipped (use --overwrite to redo)", len(cases) - len(todo), len(cases), output_dir)
+    seconds: dict[str, float] = {}
+    with tqdm(total=len(todo), desc="predicting", unit="case", disable=None) as bar:
+        for case in todo:
+            start = time.perf_counter()
+            predict_case(models, case, output_dir, options)
+            seconds[case.case_id] = time.perf_counter() - start
+            log.debug("%s: %.1f s", case.case_id, seconds[case.case_id])
+            bar.update()
+    return seconds
+
