@@ -1,7 +1,7 @@
 """``make demo``: the built-in synthetic vessel dataset, end to end, on whatever device is there.
 
 generate -> verify, fingerprint, plan (CPU preset) and preprocess -> train fold 0 of 3d_fullres
-(a short budget) -> predict the held-out test images with and without mirroring TTA ->
+(a short budget) -> predict the held-out test images with and without mirroring TTA (MIP previews) ->
 evaluate (Dice, clDice, V-score, HD95, Betti errors) and benchmark the two side by side.
 """
 
@@ -17,7 +17,9 @@ from vessel_seg.cli import configure_logging
 from vessel_seg.dataset_conversion.synthetic import generate_dataset
 from vessel_seg.evaluation.benchmark import benchmark_methods
 from vessel_seg.evaluation.evaluate import evaluate_folders, format_summary_table
+from vessel_seg.imageio import read_array
 from vessel_seg.inference.predictor import load_trained_model, predict_folder
+from vessel_seg.inference.preview import save_mip_preview
 from vessel_seg.paths import dataset_name, raw_root, results_root
 from vessel_seg.planners.pipeline import CPU_PLANS, plan_and_preprocess
 from vessel_seg.trainers.settings import TrainingSettings
@@ -55,6 +57,13 @@ def run_demo(args: argparse.Namespace) -> Path:
     for tag, tta in (("tta", True), ("no_tta", False)):
         seconds = predict_folder(model, raw_root() / name / "imagesTs", out / tag, use_tta=tta)
         timings[tag] = sum(seconds.values()) / max(len(seconds), 1)
+
+    for image_path in sorted((raw_root() / name / "imagesTs").glob("*_0000.nii.gz")):
+        case = image_path.name.removesuffix("_0000.nii.gz")
+        image, geometry = read_array(image_path)
+        seg, _ = read_array(out / "tta" / f"{case}.nii.gz")
+        preview = save_mip_preview(image, seg, geometry, out / f"{case}_preview.png", title=f"{case}: MIP, prediction in red")
+        log.info("  preview %s", preview)
 
     log.info("[5/5] evaluating against labelsTs")
     labels = raw_root() / name / "labelsTs"
