@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from training_helpers import add_cascade_plans, quick
 
 from vessel_seg.cli.ensemble import main as ensemble_main
 from vessel_seg.cli.predict import main as predict_main
@@ -14,28 +15,9 @@ from vessel_seg.inference.ensemble import load_probabilities
 from vessel_seg.inference.predictor import load_trained_model, predict_original_probabilities
 from vessel_seg.inference.trained_models import mean_validation_dice, trained_model_dirs
 from vessel_seg.planners.pipeline import plan_and_preprocess
-from vessel_seg.planners.plans import Plans
-from vessel_seg.trainers.settings import TrainingSettings
 from vessel_seg.trainers.trainer import TrainingJob, train
 
 DATASET = "Dataset007_Synthetic"
-
-
-def quick(**overrides) -> TrainingSettings:
-    values = dict(epochs=1, iterations_per_epoch=2, validation_iterations=1, num_workers=0, checkpoint_every=1)
-    values.update(overrides)
-    return TrainingSettings(**values)
-
-
-def _add_cascade_plans(pre) -> None:
-    plans = Plans.load(pre / "cpu.json")
-    low = Plans.load(pre / "cpu.json").configuration("3d_fullres")
-    low.name, low.next_stage = "3d_lowres", "3d_cascade_fullres"
-    cascade = Plans.load(pre / "cpu.json").configuration("3d_fullres")
-    cascade.name, cascade.previous_stage = "3d_cascade_fullres", "3d_lowres"
-    plans.configurations.update({"3d_lowres": low, "3d_cascade_fullres": cascade})
-    plans.plans_name = "cascade"
-    plans.save(pre / "cascade.json")
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +32,7 @@ def trained(tmp_path_factory):
         plan_and_preprocess(7, plans_name="cpu", num_workers=1)
         train(TrainingJob(7, "3d_fullres", 0, "cpu", quick()))
         train(TrainingJob(7, "3d_fullres", 1, "cpu", quick(final_validation=False, seed=5)))
-        _add_cascade_plans(base / "preprocessed" / DATASET)
+        add_cascade_plans(base / "preprocessed" / DATASET)
         train(TrainingJob(7, "3d_lowres", 0, "cascade", quick()))
         train(TrainingJob(7, "3d_cascade_fullres", 0, "cascade", quick(final_validation=False)))
         yield base, env

@@ -11,13 +11,12 @@ import time
 
 import pytest
 import torch
+from training_helpers import add_cascade_plans, quick
 
 from vessel_seg.checkpoint import load_checkpoint
 from vessel_seg.dataset_conversion.synthetic import generate_dataset
 from vessel_seg.errors import VesselSegError
 from vessel_seg.planners.pipeline import plan_and_preprocess
-from vessel_seg.planners.plans import Plans
-from vessel_seg.trainers.settings import TrainingSettings
 from vessel_seg.trainers.trainer import TrainingJob, train
 
 DATASET = "Dataset007_Synthetic"
@@ -42,12 +41,6 @@ def roots(tiny_dataset, monkeypatch):
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return base
-
-
-def quick(**overrides) -> TrainingSettings:
-    values = dict(epochs=1, iterations_per_epoch=2, validation_iterations=1, num_workers=0, checkpoint_every=1)
-    values.update(overrides)
-    return TrainingSettings(**values)
 
 
 @pytest.mark.parametrize("configuration", ["3d_fullres", "2d"])
@@ -93,16 +86,8 @@ def test_resume_continues_from_latest_and_pretrained_loads(roots):
 
 
 def test_cascade_needs_lowres_predictions_then_trains(roots):
-    pre = roots / "preprocessed" / DATASET
-    plans = Plans.load(pre / "cpu.json")
-    full = plans.configuration("3d_fullres")
-    low = Plans.load(pre / "cpu.json").configuration("3d_fullres")  # a copy to turn into the low-res stage
-    low.name, low.next_stage = "3d_lowres", "3d_cascade_fullres"
-    cascade = Plans.load(pre / "cpu.json").configuration("3d_fullres")
-    cascade.name, cascade.previous_stage = "3d_cascade_fullres", "3d_lowres"
-    plans.configurations.update({"3d_lowres": low, "3d_cascade_fullres": cascade})
-    plans.plans_name = "cascade"
-    plans.save(pre / "cascade.json")
+    plans = add_cascade_plans(roots / "preprocessed" / DATASET)
+    low, full = plans.configuration("3d_lowres"), plans.configuration("3d_fullres")
     assert low.data_identifier == full.data_identifier  # shares the preprocessed data already there
 
     with pytest.raises(VesselSegError, match="3d_lowres predictions of fold 0 are missing"):
@@ -145,6 +130,8 @@ DDP_SCRIPT = """
 import sys, torch, torch.distributed as dist
 from vessel_seg.trainers.settings import TrainingSettings
 from vessel_seg.trainers.trainer import TrainingJob, train
+
+from training_helpers import add_cascade_plans, quick
 settings = TrainingSettings(epochs=1, iterations_per_epoch=3, validation_iterations=1, num_workers=0,
                             final_validation=False, device="cpu")
 result = train(TrainingJob(7, "3d_fullres", 0, "cpu", settings, trainer_name="ddp"))

@@ -42,8 +42,13 @@ def predict_probabilities(
             if hasattr(network, "deep_supervision"):
                 network.deep_supervision = was_ds
         probs = torch.softmax(logits, dim=0)
-        total = probs if total is None else total + probs
-    return total / len(networks)
+        del logits
+        if total is None:
+            total = probs
+        else:
+            total += probs
+    total /= len(networks)
+    return total
 
 
 def labels_from_probabilities(probabilities: torch.Tensor, label_values: Sequence[int]) -> np.ndarray:

@@ -101,9 +101,8 @@ def predict_logits(
         data = torch.nn.functional.pad(data, pad_arg)
     padded = tuple(data.shape[1:])
     weights = gaussian_importance(patch).to(device)
-    accum = torch.zeros((num_classes, *padded), dtype=torch.float32)
-    norm = torch.zeros(padded, dtype=torch.float32)
-    weights_cpu = weights.cpu()
+    accum, norm = _accumulators(num_classes, padded, device)
+    weights_acc = weights.to(accum.device)
     flips = mirror_combinations(mirror_axes)
     starts = list(itertools.product(*tile_starts(padded, patch, step)))
     for first in range(0, len(starts), tiles_per_batch):
@@ -116,11 +115,25 @@ def predict_logits(
                 pred = _forward(network, torch.flip(tiles, dims) if dims else tiles, squeeze_z)
                 pred = torch.flip(pred, dims) if dims else pred
                 out = pred.float() if out is None else out + pred.float()
-        out = (out / len(flips) * weights).cpu()
+        out = (out / len(flips) * weights).to(accum.device)
         for i, sl in enumerate(slices):
             accum[(slice(None), *sl)] += out[i]
-            norm[sl] += weights_cpu
-    logits = accum / norm
+            norm[sl] += weights_acc
+    accum /= norm  # in place: the volume-sized buffers are the memory that matters for large scans
+    del norm
     if any(pad):
-        logits = logits[(slice(None), *(slice(p // 2, p // 2 + s) for p, s in zip(pad, spatial, strict=True)))]
-    return logits
+        accum = accum[(slice(None), *(slice(p // 2, p // 2 + s) for p, s in zip(pad, spatial, strict=True)))]
+    return accum.cpu()
+
+
+def _accumulators(num_classes: int, shape: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gaussian-weighted sums, on the GPU when they fit there (no per-tile copies back), else on the CPU."""
+    if device.type == "cuda":
+        try:
+            return (
+                torch.zeros((num_classes, *shape), dtype=torch.float32, device=device),
+                torch.zeros(shape, dtype=torch.float32, device=device),
+            )
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+    return torch.zeros((num_classes, *shape), dtype=torch.float32), torch.zeros(shape, dtype=torch.float32)
