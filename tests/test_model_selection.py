@@ -10,6 +10,7 @@ import pytest
 from vessel_seg.cli.find_best_configuration import main as cli_main
 from vessel_seg.errors import VesselSegError
 from vessel_seg.imageio import ImageGeometry, write_image
+from vessel_seg.inference.ensemble import save_probabilities
 from vessel_seg.inference.model_selection import find_best_configuration
 from vessel_seg.inference.postprocessing import PostprocessingRecipe
 from vessel_seg.inference.recipe import InferenceRecipe, load_recipe, recipe_path
@@ -44,6 +45,18 @@ def _write_model(roots, configuration: str, predict, folds=(0, 1)) -> None:
         folder.mkdir(parents=True)
         for i in (2 * fold, 2 * fold + 1):
             write_image(predict(_tube(i)), GEOMETRY, folder / f"{CASES[i]}.nii.gz")
+
+
+def _write_probabilistic_model(roots, configuration: str, foreground) -> None:
+    """Like :func:`_write_model`, plus ``CASE.npz``; ``foreground(label) -> p(vessel)``, the mask is ``p > 0.5``."""
+    model = roots["results"] / NAME / f"vsTrainer__vs_plans__{configuration}"
+    for fold in (0, 1):
+        folder = model / f"fold_{fold}" / "validation"
+        folder.mkdir(parents=True)
+        for i in (2 * fold, 2 * fold + 1):
+            fg = foreground(_tube(i)).astype(np.float32)
+            write_image((fg > 0.5).astype(np.uint8), GEOMETRY, folder / f"{CASES[i]}.nii.gz")
+            save_probabilities(folder / f"{CASES[i]}.npz", np.stack([1 - fg, fg]), [0, 1], GEOMETRY, ".nii.gz")
 
 
 def _with_debris(label: np.ndarray) -> np.ndarray:
@@ -125,3 +138,57 @@ def test_debris_candidates_include_the_fingerprint_small_vessel_volume():
     assert debris_volume_candidates(None) == sorted(FIXED_DEBRIS_MM3)
     fingerprint = DatasetFingerprint(NAME, cases=[], intensity={}, vessel_radius_mm=RadiusStats(p10=0.5, num_samples=9))
     assert round(10 * np.pi * 0.5**3, 3) in debris_volume_candidates(fingerprint)
+    from vessel_seg.inference.model_selection import FIXED_BRIDGE_GAPS_MM, bridge_gap_candidates
+
+    assert bridge_gap_candidates(None) == sorted(FIXED_BRIDGE_GAPS_MM)
+    fingerprint.vessel_radius_mm.p50 = 0.75
+    assert {0.75, 1.5, 3.0} <= set(bridge_gap_candidates(fingerprint))
+
+
+def _half_confident(first_half: bool):
+    """Sure of one half of the vessel (0.9), unsure of the other (0.4), with a confident false positive."""
+    def foreground(label: np.ndarray) -> np.ndarray:
+        fg = np.where(label > 0, 0.4, 0.0)
+        sure = (slice(None), slice(None), slice(0, 12) if first_half else slice(12, None))
+        fg[sure] = np.where(label[sure] > 0, 0.9, 0.0)
+        fg[(0, 1) if first_half else (18, 19), 0:3, 0:3] = 0.6
+        return fg
+    return foreground
+
+
+def test_ensemble_of_configurations_wins_when_better(data_roots):
+    _write_dataset(data_roots)
+    _write_probabilistic_model(data_roots, "3d_fullres", _half_confident(True))
+    _write_probabilistic_model(data_roots, "3d_lowres", _half_confident(False))
+    _write_model(data_roots, "2d", _thinned)  # no probabilities: left out of ensembles
+    recipe = find_best_configuration(NAME, folds=(0, 1))
+    # Each alone misses half the vessel and keeps its false positive; the mean is 0.65 on the whole
+    # vessel and 0.3 on either false positive, so the ensemble is perfect.
+    assert recipe.configurations == ["3d_fullres", "3d_lowres"]
+    rows = recipe.cv_scores["configurations"]
+    assert rows["3d_fullres+3d_lowres"]["score"] == pytest.approx(1.0)
+    assert max(rows[c]["score"] for c in ("3d_fullres", "3d_lowres", "2d")) < 0.9
+    assert "3d_fullres+2d" not in rows and any("ensembles not evaluated for 2d" in n for n in recipe.notes)
+    assert recipe.postprocessing.is_identity  # nothing improves a perfect prediction, bridging included
+    assert any("bridge gaps" in key for key in recipe.cv_scores["postprocessing"])
+    assert not any("gap bridging not evaluated" in n for n in recipe.notes)
+    assert "3d_fullres + 3d_lowres" in (data_roots["results"] / NAME / "inference_recipe.md").read_text()
+
+
+def _broken_vessel(label: np.ndarray) -> np.ndarray:
+    """Sure of the vessel except a 2-voxel break, where the probability (0.4) still traces it."""
+    fg = np.where(label > 0, 0.9, 0.0)
+    fg[:, :, 11:13] = np.where(label[:, :, 11:13] > 0, 0.4, 0.0)
+    return fg
+
+
+def test_gap_bridging_chosen_when_probabilities_cover_the_gaps(data_roots):
+    _write_dataset(data_roots)
+    _write_probabilistic_model(data_roots, "3d_fullres", _broken_vessel)
+    recipe = find_best_configuration(NAME, configurations=["3d_fullres"], folds=(0, 1))
+    assert recipe.configurations == ["3d_fullres"]
+    assert recipe.postprocessing.bridge_gaps_mm in (2.0, 4.0)  # a 1 mm bridge cannot span 2 mm
+    scores = recipe.cv_scores
+    assert scores["postprocessing"]["bridge gaps <= 1 mm"]["score"] == pytest.approx(scores["postprocessing"]["none"]["score"])
+    assert scores["selected"]["score"] > scores["configurations"]["3d_fullres"]["score"] + 0.02
+    assert not any("not evaluated" in n for n in recipe.notes)

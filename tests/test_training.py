@@ -130,8 +130,6 @@ DDP_SCRIPT = """
 import sys, torch, torch.distributed as dist
 from vessel_seg.trainers.settings import TrainingSettings
 from vessel_seg.trainers.trainer import TrainingJob, train
-
-from training_helpers import add_cascade_plans, quick
 settings = TrainingSettings(epochs=1, iterations_per_epoch=3, validation_iterations=1, num_workers=0,
                             final_validation=False, device="cpu")
 result = train(TrainingJob(7, "3d_fullres", 0, "cpu", settings, trainer_name="ddp"))
@@ -173,3 +171,42 @@ def test_trained_model_predicts_raw_images_in_their_geometry(roots):
     assert pred_geometry.mismatch(image_geometry) is None
     assert set(pred.ravel().tolist()) <= {0, 1}
     assert predict_folder(model, raw / "imagesTs", out) == {}  # existing outputs are skipped
+
+
+def test_validation_saves_probabilities_in_the_original_geometry(roots):
+    import numpy as np
+
+    from vessel_seg.cli.train import build_parser
+    from vessel_seg.dataset import DatasetInfo
+    from vessel_seg.imageio import read_label
+    from vessel_seg.inference.ensemble import load_probabilities, probabilities_to_labels
+    from vessel_seg.planners.plans import Plans
+    from vessel_seg.trainers.validation import validate_full_volumes
+
+    result = train(TrainingJob(7, "3d_fullres", 1, "cpu", quick(), trainer_name="valprobs"))
+    folder = result.fold_dir / "validation"
+    masks = sorted(folder.glob("*.nii.gz"))
+    assert masks and len(list(folder.glob("*.npz"))) == len(masks)
+    for mask_path in masks:
+        saved = load_probabilities(folder / mask_path.name.replace(".nii.gz", ".npz"))
+        mask, geometry = read_label(mask_path)
+        assert saved.probabilities.dtype == np.float16 and saved.label_values == [0, 1]
+        assert saved.geometry.mismatch(geometry) is None and saved.file_ending == ".nii.gz"
+        np.testing.assert_allclose(saved.probabilities.astype(np.float32).sum(axis=0), 1.0, atol=2e-2)
+        # Resampling probabilities instead of labels only moves voxels near p = 0.5 (many in a barely
+        # trained model); where the network is confident both must agree.
+        confident = np.abs(saved.probabilities[1].astype(np.float32) - 0.5) > 0.25
+        derived = probabilities_to_labels(saved.probabilities, saved.label_values)
+        assert confident.sum() > mask.size // 4 and np.mean(derived[confident] != mask[confident]) < 0.005
+
+    # Switched off (vs_train --no-validation-probabilities): stale files of an earlier run are removed.
+    assert build_parser().parse_args(["7", "3d_fullres", "1", "--no-validation-probabilities"]).no_validation_probabilities
+    pre = roots / "preprocessed" / DATASET
+    plans = Plans.load(pre / "cpu.json")
+    config = plans.configuration("3d_fullres")
+    case_ids = [m.name.removesuffix(".nii.gz") for m in masks[:1]]
+    validate_full_volumes(
+        result.network, plans, config, DatasetInfo.load(pre / "dataset.json"), case_ids, pre / config.data_identifier,
+        roots / "raw" / DATASET / "labelsTr", folder, (), torch.device("cpu"), False, save_probabilities_too=False,
+    )
+    assert not (folder / f"{case_ids[0]}.npz").exists() and (folder / masks[0].name).is_file()

@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--continue", dest="resume", action="store_true", help="resume from the latest checkpoint")
     parser.add_argument("--pretrained", type=Path, help="initialise from another model's checkpoint (fine-tuning)")
     parser.add_argument("--no-final-validation", action="store_true", help="skip full-volume validation at the end")
+    parser.add_argument(
+        "--no-validation-probabilities", action="store_true",
+        help="do not save validation probabilities (CASE.npz); vs_find_best_configuration then skips ensembles and gap bridging",
+    )
     return parser
 
 
@@ -50,6 +54,7 @@ def _command(args: argparse.Namespace) -> int:
             loss=args.loss, optimizer=args.optimizer, learning_rate=args.lr, device=args.device,
             num_workers=args.num_workers, amp=not args.no_amp, compile=args.compile,
             checkpoint_every=args.checkpoint_every, seed=args.seed, final_validation=not args.no_final_validation,
+            save_validation_probabilities=not args.no_validation_probabilities,
         )
     except ValueError as exc:
         raise VesselSegError(str(exc)) from exc

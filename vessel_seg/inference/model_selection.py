@@ -4,152 +4,93 @@
 
 1. **Collect** every model folder ``VS_RESULTS/DatasetNNN_Name/<trainer>__<plans>__<configuration>``
    whose requested folds all hold validation predictions (``fold_K/validation/CASE<file_ending>``,
-   written by the trainer in the original geometry).
+   written by the trainer in the original geometry), and note whether every case also has its
+   class probabilities ``CASE.npz`` (see :mod:`vessel_seg.inference.ensemble`).
 2. **Score** each configuration over the validation cases of all its folds against
    ``VS_RAW/DatasetNNN_Name/labelsTr``: Dice and clDice per case and label (definitions in
    :mod:`vessel_seg.evaluation.metrics`), averaged over labels, then over cases. The ranking
    score is ``mean(Dice, clDice)``, the same trade-off the trainer uses to pick its best
    checkpoint: Dice alone favours thick vessels, clDice rewards connected centrelines.
-3. **Ensembles** of configurations average probabilities, which the trainer does not save for
-   its validation cases; they are therefore not evaluated, and a note in the recipe says so.
-4. **Postprocessing** is tried on the best configuration's predictions, greedily as in nnU-Net:
-   first debris removal (the best of several minimum volumes: a few fixed mm³ values and one
-   derived from the fingerprint's small-vessel radius, see :func:`debris_volume_candidates`),
-   kept if it raises the mean score by more than :data:`MIN_IMPROVEMENT`; then keep-largest on top,
-   kept under the same rule. Gap bridging needs probabilities and is not evaluated either.
+3. **Ensembles**: every pair of configurations that both have probabilities for all cases is
+   scored like a configuration, its labels being the arg-max of the mean probabilities (as
+   ``vs_ensemble`` makes them); the best configuration or ensemble wins. Pairs only, as in
+   nnU-Net: larger ensembles rarely help and cost one more model at inference.
+4. **Postprocessing** is tried on the winner's predictions, greedily as in nnU-Net and in the
+   order :func:`apply_postprocessing` runs the steps: gap bridging when probabilities exist (the
+   best of several gap widths, see :func:`bridge_gap_candidates`), kept if it raises the mean
+   score by more than :data:`MIN_IMPROVEMENT`; then debris removal on top (the best of several
+   minimum volumes: a few fixed mm³ values and one derived from the fingerprint's small-vessel
+   radius, see :func:`debris_volume_candidates`), kept under the same rule; then keep-largest.
 5. **Write** ``inference_recipe.json`` and a Markdown summary ``inference_recipe.md`` next to it.
 """
 
 from __future__ import annotations
 
-import hashlib
+import itertools
 import logging
-import math
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
-from multiprocessing import get_context
+from dataclasses import replace
 from pathlib import Path
-
-import numpy as np
 
 from vessel_seg.dataset import DatasetInfo
 from vessel_seg.errors import VesselSegError
 from vessel_seg.evaluation.atomic import write_text_atomic
-from vessel_seg.evaluation.evaluate import image_files, load_pair
-from vessel_seg.evaluation.metrics_common import spatial_view, union_bbox
-from vessel_seg.evaluation.metrics_overlap import dice
-from vessel_seg.evaluation.metrics_topology import cldice_from_skeletons, skeleton
-from vessel_seg.inference.postprocessing import PostprocessingRecipe, apply_postprocessing
+from vessel_seg.evaluation.evaluate import image_files
+from vessel_seg.inference.ensemble import PROBABILITY_SUFFIX
+from vessel_seg.inference.postprocessing import PostprocessingRecipe
 from vessel_seg.inference.recipe import SUMMARY_FILE, InferenceRecipe, recipe_path, save_recipe
+from vessel_seg.inference.selection_scoring import (  # noqa: F401  (re-exported for callers and tests)
+    BRIDGE_GAP_RADIUS_MULTIPLES,
+    FIXED_BRIDGE_GAPS_MM,
+    FIXED_DEBRIS_MM3,
+    MIN_IMPROVEMENT,
+    CasePrediction,
+    Scores,
+    bridge_gap_candidates,
+    debris_volume_candidates,
+    ranking_score,
+    score_predictions,
+)
 from vessel_seg.model_folder import DEFAULT_TRAINER, fold_name, parse_fold
 from vessel_seg.paths import preprocessed_root, raw_root, resolve_dataset, results_root
 from vessel_seg.planners.fingerprint import DatasetFingerprint
 
 log = logging.getLogger(__name__)
 
-FIXED_DEBRIS_MM3: tuple[float, ...] = (1.0, 10.0, 100.0)
-MIN_IMPROVEMENT = 1e-4  # a step must raise mean(Dice, clDice) by more than this to be kept
-_SMALL_VESSEL_LENGTH_IN_RADII = 10.0  # a small-vessel segment five diameters long
 
 
-def ranking_score(dice_value: float, cldice_value: float) -> float:
-    """``mean(Dice, clDice)``: what configurations and postprocessing steps are ranked by."""
-    return 0.5 * (dice_value + cldice_value)
+def _validation_cases(
+    model_dir: Path, folds: Sequence[str], refs: dict[str, Path]
+) -> tuple[dict[str, CasePrediction], str | None]:
+    """Case id -> prediction for every validation case of ``folds``, or a reason why there are none.
 
-
-@dataclass
-class Scores:
-    """Mean Dice and clDice over cases (each the mean over labels) and the ranking score."""
-
-    dice: float
-    cldice: float
-    num_cases: int
-
-    @property
-    def score(self) -> float:
-        return ranking_score(self.dice, self.cldice)
-
-    def as_dict(self) -> dict:
-        return {"dice": self.dice, "cldice": self.cldice, "score": self.score, "num_cases": self.num_cases}
-
-
-def debris_volume_candidates(fingerprint: DatasetFingerprint | None) -> list[float]:
-    """Minimum component volumes (mm³) to try for debris removal.
-
-    The fixed :data:`FIXED_DEBRIS_MM3`, plus, when a fingerprint with vessel radii is available,
-    the volume of a typical small-vessel segment: a cylinder of the 10th-percentile radius ``r``
-    and length ``10 r`` (five diameters), ``V = 10 π r³``.
+    The probability files are attached only when every case has one (all or nothing).
     """
-    values = set(FIXED_DEBRIS_MM3)
-    if fingerprint is not None and fingerprint.vessel_radius_mm.num_samples > 0:
-        radius = fingerprint.vessel_radius_mm.p10
-        if radius > 0:
-            values.add(round(_SMALL_VESSEL_LENGTH_IN_RADII * math.pi * radius**3, 3))
-    return sorted(values)
-
-
-def _case_scores(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], labels: Sequence[int]) -> tuple[float, float]:
-    """Dice and clDice of one case, each the mean over ``labels``."""
-    dices, cldices = [], []
-    for label in labels:
-        p, r, _ = spatial_view(pred == label, ref == label, spacing)
-        box = union_bbox([p, r])
-        if box is None:  # both empty: perfect by convention
-            dices.append(1.0)
-            cldices.append(1.0)
-            continue
-        pc, rc = p[box], r[box]
-        dices.append(dice(pc, rc))
-        cldices.append(cldice_from_skeletons(pc, rc, skeleton(pc), skeleton(rc)))
-    return float(np.mean(dices)), float(np.mean(cldices))
-
-
-def _score_job(job: tuple) -> list[tuple[float, float]]:
-    """Score one case under each postprocessing candidate; identical outputs are scored once."""
-    ref_path, pred_path, labels, candidates = job
-    ref, pred, spacing, _ = load_pair(Path(ref_path), Path(pred_path))
-    seen: dict[bytes, tuple[float, float]] = {}
-    results = []
-    for recipe in candidates:
-        out = apply_postprocessing(pred, recipe, spacing, labels)
-        key = hashlib.blake2b(np.ascontiguousarray(out).tobytes(), digest_size=16).digest()
-        if key not in seen:
-            seen[key] = _case_scores(out, ref, spacing, labels)
-        results.append(seen[key])
-    return results
-
-
-def score_predictions(
-    pairs: Sequence[tuple[Path, Path]],
-    labels: Sequence[int],
-    candidates: Sequence[PostprocessingRecipe],
-    num_workers: int = 1,
-) -> list[Scores]:
-    """Mean scores of ``(reference, prediction)`` pairs under each postprocessing candidate."""
-    jobs = [(ref, pred, list(labels), list(candidates)) for ref, pred in pairs]
-    if num_workers <= 1 or len(jobs) <= 1:
-        per_case = [_score_job(job) for job in jobs]
-    else:
-        with ProcessPoolExecutor(max_workers=min(num_workers, len(jobs)), mp_context=get_context("spawn")) as pool:
-            per_case = list(pool.map(_score_job, jobs))
-    values = np.asarray(per_case, dtype=np.float64)  # (cases, candidates, 2)
-    return [Scores(float(values[:, i, 0].mean()), float(values[:, i, 1].mean()), len(jobs)) for i in range(len(candidates))]
-
-
-def _validation_pairs(model_dir: Path, folds: Sequence[str], refs: dict[str, Path]) -> tuple[list[tuple[Path, Path]], str | None]:
-    """``(reference, prediction)`` for every validation case of ``folds``, or a reason why not."""
-    pairs = []
+    pairs: dict[str, tuple[Path, Path]] = {}
     for fold in folds:
         folder = model_dir / fold_name(fold) / "validation"
         predictions = image_files(folder) if folder.is_dir() else {}
         if not predictions:
-            return [], f"{folder} holds no validation predictions"
+            return {}, f"{folder} holds no validation predictions"
         unknown = sorted(set(predictions) - set(refs))
         if unknown:
-            return [], f"{folder}: no reference in labelsTr for case(s) {', '.join(unknown[:5])}"
-        pairs.extend((refs[case], path) for case, path in sorted(predictions.items()))
-    return pairs, None
+            return {}, f"{folder}: no reference in labelsTr for case(s) {', '.join(unknown[:5])}"
+        pairs.update((case, (refs[case], path)) for case, path in sorted(predictions.items()))
+    npz = {case: mask.parent / f"{case}{PROBABILITY_SUFFIX}" for case, (_, mask) in pairs.items()}
+    complete = all(path.is_file() for path in npz.values())
+    return {c: CasePrediction(ref, mask, (npz[c],) if complete else ()) for c, (ref, mask) in pairs.items()}, None
+
+
+def _has_probabilities(cases: dict[str, CasePrediction]) -> bool:
+    return all(case.probabilities for case in cases.values())
+
+
+def _ensemble_cases(members: Sequence[dict[str, CasePrediction]]) -> dict[str, CasePrediction] | None:
+    """The cases of an ensemble of configurations, or ``None`` when they were validated on different cases."""
+    if any(set(m) != set(members[0]) for m in members[1:]):
+        return None
+    return {c: CasePrediction(case.reference, None, tuple(m[c].probabilities[0] for m in members))
+            for c, case in members[0].items()}
 
 
 def _trained_configurations(
@@ -186,23 +127,36 @@ def _load_fingerprint(name: str, model_dir: Path) -> DatasetFingerprint | None:
 
 
 def _choose_postprocessing(
-    pairs: list[tuple[Path, Path]], labels: list[int], fingerprint: DatasetFingerprint | None, num_workers: int
+    cases: list[CasePrediction], labels: list[int], fingerprint: DatasetFingerprint | None, num_workers: int,
+    try_bridging: bool,
 ) -> tuple[PostprocessingRecipe, dict]:
-    """Greedy choice (debris removal, then keep-largest); returns the recipe and the scores tried."""
-    volumes = debris_volume_candidates(fingerprint)
-    none = PostprocessingRecipe()
-    debris = [PostprocessingRecipe(min_component_mm3=v) for v in volumes]
-    largest = [PostprocessingRecipe(min_component_mm3=r.min_component_mm3, keep_largest=True) for r in [none, *debris]]
-    candidates = [none, *debris, *largest]
-    scores = dict(zip((c.describe() for c in candidates), score_predictions(pairs, labels, candidates, num_workers), strict=True))
-    chosen = none
-    best_debris = max(debris, key=lambda r: scores[r.describe()].score)
-    if scores[best_debris.describe()].score > scores[none.describe()].score + MIN_IMPROVEMENT:
-        chosen = best_debris
-    with_largest = PostprocessingRecipe(min_component_mm3=chosen.min_component_mm3, keep_largest=True)
-    if scores[with_largest.describe()].score > scores[chosen.describe()].score + MIN_IMPROVEMENT:
-        chosen = with_largest
+    """Greedy choice (gap bridging, then debris removal, then keep-largest); the recipe and the scores tried.
+
+    Each step tries its candidates on top of the steps kept so far and is kept when its best
+    candidate beats the recipe so far by more than :data:`MIN_IMPROVEMENT`.
+    """
+    stages: list[tuple[str, list]] = [
+        ("min_component_mm3", debris_volume_candidates(fingerprint)), ("keep_largest", [True])
+    ]
+    if try_bridging:
+        stages.insert(0, ("bridge_gaps_mm", bridge_gap_candidates(fingerprint)))
+    chosen = PostprocessingRecipe()
+    scores: dict[str, Scores] = {}
+    for step, values in stages:
+        candidates = [replace(chosen, **{step: value}) for value in values]
+        todo = [c for c in [chosen, *candidates] if c.describe() not in scores]
+        scores.update(zip((c.describe() for c in todo), score_predictions(cases, labels, todo, num_workers), strict=True))
+        best = max(candidates, key=lambda r: scores[r.describe()].score)
+        if scores[best.describe()].score > scores[chosen.describe()].score + MIN_IMPROVEMENT:
+            chosen = best
     return chosen, {key: value.as_dict() for key, value in scores.items()}
+
+
+def _score_plain(key: str, cases: list[CasePrediction], labels: list[int], num_workers: int) -> Scores:
+    """Scores of a configuration or ensemble without postprocessing."""
+    scores = score_predictions(cases, labels, [PostprocessingRecipe()], num_workers)[0]
+    log.info("%s: Dice %.4f, clDice %.4f over %d cases", key, scores.dice, scores.cldice, len(cases))
+    return scores
 
 
 def _table(rows: dict[str, dict], first: str) -> list[str]:
@@ -224,11 +178,11 @@ def format_summary(recipe: InferenceRecipe) -> str:
         "",
         "Ranking score = mean(Dice, clDice) over the cross-validation cases (each case the mean over labels).",
         "",
-        "## Configurations (no postprocessing)",
+        "## Configurations and ensembles (no postprocessing)",
         "",
         *_table(scores.get("configurations", {}), "configuration"),
         "",
-        "## Postprocessing on the best configuration",
+        "## Postprocessing on the selected configuration(s)",
         "",
         *_table(scores.get("postprocessing", {}), "steps"),
         "",
@@ -267,7 +221,8 @@ def find_best_configuration(
         Also written to ``VS_RESULTS/<dataset>/inference_recipe.json``, with a Markdown summary
         ``inference_recipe.md`` beside it. ``cv_scores`` holds ``{"configurations": {name: scores},
         "postprocessing": {step description: scores}, "selected": scores}``, each scores entry
-        ``{"dice", "cldice", "score", "num_cases"}``.
+        ``{"dice", "cldice", "score", "num_cases"}``; an ensemble is named ``"a+b"``. When an
+        ensemble wins, ``configurations`` lists its members.
 
     Raises
     ------
@@ -288,36 +243,50 @@ def find_best_configuration(
         notes += [f"configuration {c}: no model folder, skipped" for c in missing]
     labels = _label_values(name, [d for _, d in trained])
     config_scores: dict[str, Scores] = {}
-    config_pairs: dict[str, list[tuple[Path, Path]]] = {}
+    config_cases: dict[str, dict[str, CasePrediction]] = {}
     for configuration, model_dir in trained:
-        pairs, problem = _validation_pairs(model_dir, fold_ids, refs)
+        cases, problem = _validation_cases(model_dir, fold_ids, refs)
         if problem:
             notes.append(f"configuration {configuration}: skipped, {problem}")
             log.warning("configuration %s skipped: %s", configuration, problem)
             continue
-        config_scores[configuration] = score_predictions(pairs, labels, [PostprocessingRecipe()], num_workers)[0]
-        config_pairs[configuration] = pairs
-        log.info("%s: Dice %.4f, clDice %.4f over %d cases", configuration, config_scores[configuration].dice,
-                 config_scores[configuration].cldice, len(pairs))
+        config_scores[configuration] = _score_plain(configuration, list(cases.values()), labels, num_workers)
+        config_cases[configuration] = cases
     if not config_scores:
         raise VesselSegError(
             f"{results_root() / name}: no configuration has validation predictions for folds {', '.join(fold_ids)} "
             f"({notes[-1] if notes else 'nothing trained'}); finish training those folds first"
         )
-    if len(config_scores) > 1:
+    with_probs = [c for c in config_cases if _has_probabilities(config_cases[c])]
+    if len(config_scores) > 1 and len(with_probs) < len(config_scores):
+        without = ", ".join(c for c in config_cases if c not in with_probs)
         notes.append(
-            "ensembles not evaluated: they average probabilities, and the validation probabilities are not saved"
+            f"ensembles not evaluated for {without}: no validation probabilities (CASE.npz) for every case; "
+            f"train without --no-validation-probabilities"
         )
+    for members in itertools.combinations(with_probs, 2):
+        cases = _ensemble_cases([config_cases[m] for m in members])
+        if cases is None:
+            notes.append(f"ensemble {' + '.join(members)} not evaluated: validated on different cases")
+            continue
+        key = "+".join(members)
+        config_scores[key] = _score_plain(key, list(cases.values()), labels, num_workers)
+        config_cases[key] = cases
     best = max(config_scores, key=lambda c: config_scores[c].score)
-    fingerprint = _load_fingerprint(name, dict(trained)[best])
+    members = best.split("+")
+    fingerprint = _load_fingerprint(name, dict(trained)[members[0]])
     if fingerprint is None:
-        notes.append("no fingerprint found: debris removal tried with fixed volumes only")
-    postprocessing, post_scores = _choose_postprocessing(config_pairs[best], labels, fingerprint, num_workers)
-    notes.append("gap bridging not evaluated: it needs probabilities, which are not saved for validation cases")
+        notes.append("no fingerprint found: debris removal and gap bridging tried with fixed sizes only")
+    try_bridging = _has_probabilities(config_cases[best]) or len(members) > 1
+    if not try_bridging:
+        notes.append(f"gap bridging not evaluated: {best} has no validation probabilities (CASE.npz) for every case")
+    postprocessing, post_scores = _choose_postprocessing(
+        list(config_cases[best].values()), labels, fingerprint, num_workers, try_bridging
+    )
     recipe = InferenceRecipe(
         dataset_name=name,
         plans_name=plans_name,
-        configurations=[best],
+        configurations=members,
         folds=fold_ids,
         trainer=trainer,
         postprocessing=postprocessing,

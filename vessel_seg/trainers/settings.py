@@ -34,6 +34,8 @@ class TrainingSettings:
     checkpoint_every: int = 5
     seed: int = 12345
     final_validation: bool = True
+    # Also write fold_K/validation/CASE.npz (float16 probabilities) for ensemble and gap-bridging selection.
+    save_validation_probabilities: bool = True
     # Best checkpoint: highest exponential moving average of mean(pseudo-Dice, pseudo-clDice).
     ema_decay: float = 0.9
 

@@ -280,18 +280,21 @@ def train(job: TrainingJob) -> TrainingResult:
     if dist.is_main:
         checkpointer.save("final", checkpointer.state(network, None, None, settings.epochs, {"best_score": best_score}))
         if settings.final_validation and start_epoch <= settings.epochs:
-            summary = _final_validation(ctx, network, val_ids, mirror_axes, device, use_amp)
+            summary = _final_validation(
+                ctx, network, val_ids, mirror_axes, device, use_amp, settings.save_validation_probabilities
+            )
             _predict_for_next_stage(ctx, network, job, mirror_axes, device, use_amp)
     barrier(dist)
     shutdown(dist)
     return TrainingResult(ctx.fold_dir, settings.epochs - start_epoch, best_score, summary, network)
 
 
-def _final_validation(ctx: _Context, network, val_ids, mirror_axes, device, amp) -> dict:
+def _final_validation(ctx: _Context, network, val_ids, mirror_axes, device, amp, save_probabilities: bool) -> dict:
     started = time.perf_counter()
     summary = validate_full_volumes(
         network, ctx.plans, ctx.config, ctx.info, val_ids, ctx.data_dir, raw_root() / ctx.dataset_name / "labelsTr",
         ctx.fold_dir / "validation", mirror_axes, device, amp, ctx.previous_stage_dir,
+        save_probabilities_too=save_probabilities,
     )
     means = {k: round(v, 4) for k, v in summary.get("foreground_mean", {}).items() if k in ("dice", "cldice", "vscore", "hd95")}
     log.info("validation of %d case(s) in %.1f s: %s", len(val_ids), time.perf_counter() - started, means)

@@ -23,6 +23,7 @@ from vessel_seg.evaluation.metrics_topology import cldice
 from vessel_seg.imageio import write_image
 from vessel_seg.inference.cascade import add_previous_stage_channels, resample_for_next_stage
 from vessel_seg.inference.case_prediction import labels_from_probabilities, predict_probabilities
+from vessel_seg.inference.ensemble import PROBABILITY_SUFFIX, save_probabilities
 from vessel_seg.planners.plans import ConfigurationPlan, Plans
 from vessel_seg.planners.preprocessing import restore_to_original
 
@@ -89,10 +90,14 @@ def validate_full_volumes(
     device: torch.device,
     amp: bool,
     previous_stage_dir: Path | None = None,
+    save_probabilities_too: bool = True,
 ) -> dict:
     """Predict whole validation cases, write them in the original geometry and score them.
 
     Writes ``out_dir/CASE<file_ending>``, ``metrics.csv`` and ``summary.json``; returns the summary.
+    With ``save_probabilities_too`` also ``out_dir/CASE.npz``: the float16 class probabilities
+    restored to the original geometry (format in :mod:`vessel_seg.inference.ensemble`), which
+    ``vs_find_best_configuration`` needs to score ensembles and gap bridging.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     label_values = sorted(plans.labels.values())
@@ -103,6 +108,16 @@ def validate_full_volumes(
         seg = labels_from_probabilities(probs, label_values)
         restored = restore_to_original(seg, props, is_label=True, labels=label_values[1:])
         write_image(restored, props.original_geometry, out_dir / f"{case_id}{info.file_ending}")
+        probability_file = out_dir / f"{case_id}{PROBABILITY_SUFFIX}"
+        if not save_probabilities_too:
+            probability_file.unlink(missing_ok=True)  # a stale file of an earlier run would not match the mask
+        else:
+            # The mask above stays the arg-max in preprocessed space (as vs_predict writes it); the
+            # probabilities are resampled on their own, as predictor.predict_original_probabilities does.
+            original = restore_to_original(
+                probs.half().cpu().numpy(), props, is_label=False, anisotropy_threshold=config.anisotropy_threshold
+            )
+            save_probabilities(probability_file, original, label_values, props.original_geometry, info.file_ending)
     result = evaluate_folders(raw_labels_dir, out_dir, out_dir, labels=label_values[1:], case_ids=list(case_ids))
     return result.summary
 
