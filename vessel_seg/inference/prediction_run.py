@@ -178,7 +178,7 @@ def predict_case(
     labels = models[0].label_values
     probs = None
     if len(models) == 1 and not options.save_probabilities:
-        seg, _ = predict_image(models[0], images, geometry, case.case_id, options.use_tta)
+        seg, _ = predict_image(models[0], images, geometry, case.case_id, options.use_tta, keep_probabilities=False)
     else:
         probs = predict_original_probabilities(models, images, geometry, case.case_id, options.use_tta)
         seg = labels_from_original_probabilities(probs, labels)

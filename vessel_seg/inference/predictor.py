@@ -171,14 +171,19 @@ def predict_preprocessed(
 
 def predict_image(
     model: TrainedModel, images: np.ndarray, geometry: ImageGeometry, case_id: str = "case", use_tta: bool = True,
-) -> tuple[np.ndarray, torch.Tensor]:
+    keep_probabilities: bool = True,
+) -> tuple[np.ndarray, torch.Tensor | None]:
     """Segment one raw image ``(C, Z, Y, X)``.
 
     Returns the label map in the input geometry (shape ``geometry.shape``, the dataset's label
-    values) and the float16 class probabilities ``(K, Z', Y', X')`` in preprocessed space.
+    values) and the float16 class probabilities ``(K, Z', Y', X')`` in preprocessed space, or
+    ``None`` without ``keep_probabilities`` (they are then freed before the label map is resampled
+    back, which lowers peak memory on large volumes).
     """
     probs, props = predict_preprocessed(model, images, geometry, case_id, use_tta)
     seg = labels_from_probabilities(probs, model.label_values)
+    if not keep_probabilities:
+        probs = None
     restored = restore_to_original(seg, props, is_label=True, labels=model.label_values[1:])
     return restored, probs
 

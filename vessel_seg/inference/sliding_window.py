@@ -90,7 +90,10 @@ def predict_logits(
     """
     device = torch.device(device)
     if not isinstance(data, torch.Tensor):
-        data = torch.from_numpy(np.array(data, dtype=np.float32))  # a writable copy (inputs may be memory maps)
+        array = np.asarray(data, dtype=np.float32)
+        # Tiles are only read, so a float32 array is wrapped without copying (one volume less in
+        # memory); read-only inputs (memory maps) are copied because torch needs writable buffers.
+        data = torch.from_numpy(array if array.flags.writeable else array.copy())
     data = data.float()
     squeeze_z = len(patch_size) == 2
     patch = (1, *patch_size) if squeeze_z else tuple(patch_size)

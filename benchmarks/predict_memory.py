@@ -1,0 +1,116 @@
+"""Peak memory and wall time of ``vs_predict`` on one large synthetic volume.
+
+Usage::
+
+    .venv/bin/python benchmarks/predict_memory.py [--shape 600 512 512] [--work /tmp/vs_predict_memory]
+
+A tiny model is trained first (5 synthetic 32^3 cases, CPU plans, 1 epoch x 2 iterations) in a
+private ``VS_RAW`` / ``VS_PREPROCESSED`` / ``VS_RESULTS`` tree under ``--work``. Then one synthetic
+image of ``--shape`` voxels ``(Z, Y, X)`` (float32 noise plus a few bright tubes, uncompressed
+``.nii``) is segmented twice with ``vs_predict --disable-tta -np 2``:
+
+- ``native``: the image has the plan's own spacing, so no resampling happens;
+- ``coarse``: the spacing is 1.2x the plan's on every axis, so the case is resampled to about 1.7x
+  as many voxels and the prediction back again.
+
+Each run is a fresh subprocess whose process tree is sampled every 50 ms from ``/proc`` (the
+sampler of ``compare_nnunet.py``). Reported: peak RSS in GB (10^9 bytes) and as a multiple of one
+float32 copy of the input volume (``Z * Y * X * 4`` bytes), and wall seconds. The model is reused
+when ``--work`` already holds one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_nnunet import run_measured  # noqa: E402  (sibling script, not a package)
+
+DATASET_ID = 7
+
+
+def _roots(work: Path) -> dict[str, str]:
+    return {f"VS_{n.upper()}": str(work / n) for n in ("raw", "preprocessed", "results")}
+
+
+def train_tiny_model(work: Path) -> Path:
+    """Train (once) a 3d_fullres model on tiny synthetic cases; returns its plans file."""
+    from vessel_seg.dataset_conversion.synthetic import generate_dataset
+    from vessel_seg.planners.pipeline import plan_and_preprocess
+    from vessel_seg.trainers.settings import TrainingSettings
+    from vessel_seg.trainers.trainer import TrainingJob, train
+
+    os.environ.update(_roots(work))
+    done = list((work / "results").glob("*/*__cpu__3d_fullres/plans.json"))
+    if done:
+        return done[0]
+    generate_dataset(DATASET_ID, 5, num_test_cases=0, size=32, seed=3)
+    plan_and_preprocess(DATASET_ID, plans_name="cpu", num_workers=1)
+    settings = TrainingSettings(epochs=1, iterations_per_epoch=2, validation_iterations=1, num_workers=0,
+                                checkpoint_every=1, final_validation=False)
+    result = train(TrainingJob(DATASET_ID, "3d_fullres", 0, "cpu", settings))
+    return Path(result.fold_dir).parent / "plans.json"
+
+
+def synthetic_volume(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
+    """float32 noise (mean 0, sd 20) plus a few bright straight tubes along z (value ~300)."""
+    rng = np.random.default_rng(seed)
+    volume = rng.normal(0.0, 20.0, size=shape).astype(np.float32)
+    yy, xx = np.ogrid[: shape[1], : shape[2]]
+    for _ in range(4):
+        cy, cx, r = rng.integers(40, shape[1] - 40), rng.integers(40, shape[2] - 40), rng.integers(3, 8)
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        volume[:, disc] += 300.0
+    return volume
+
+
+def write_case(folder: Path, volume: np.ndarray, spacing: tuple[float, float, float]) -> None:
+    from vessel_seg.imageio import ImageGeometry, write_image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    write_image(volume, ImageGeometry(tuple(volume.shape), spacing), folder / "big_0000.nii", compress=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shape", type=int, nargs=3, default=[600, 512, 512], help="volume shape Z Y X")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/vs_predict_memory"))
+    parser.add_argument("--cases", nargs="+", default=["native", "coarse"], choices=["native", "coarse"])
+    args = parser.parse_args(argv)
+    work = args.work.resolve()
+    plans_path = train_tiny_model(work)
+    plans = json.loads(plans_path.read_text())
+    spacing = tuple(float(s) for s in plans["configurations"]["3d_fullres"]["spacing"])
+    shape = tuple(args.shape)
+    copy_bytes = float(np.prod(shape)) * 4
+    volume = synthetic_volume(shape)
+    env = {**os.environ, **_roots(work)}
+    results = {}
+    for name in args.cases:
+        case_spacing = spacing if name == "native" else tuple(1.2 * s for s in spacing)
+        in_dir, out_dir = work / f"in_{name}", work / f"out_{name}"
+        write_case(in_dir, volume, case_spacing)
+        command = [sys.executable, "-m", "vessel_seg.cli.predict", "-i", str(in_dir), "-o", str(out_dir),
+                   "-d", str(DATASET_ID), "-c", "3d_fullres", "-pl", "cpu", "--disable-tta", "-np", "2", "--overwrite"]
+        measured = run_measured(command, env, work / f"log_{name}.txt")
+        if measured["returncode"] != 0:
+            print((work / f"log_{name}.txt").read_text()[-3000:])
+            return 1
+        peak = float(measured["peak_rss_mb"]) * 2**20
+        results[name] = {"spacing": case_spacing, "peak_rss_gb": peak / 1e9, "peak_rss_copies": peak / copy_bytes,
+                         "wall_s": measured["wall_s"]}
+        print(f"{name:7s} shape {shape} spacing {case_spacing}: peak RSS {peak / 1e9:.2f} GB "
+              f"= {peak / copy_bytes:.1f} x float32 volume ({copy_bytes / 1e6:.0f} MB), wall {measured['wall_s']:.0f} s",
+              flush=True)
+    (work / "results.json").write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
