@@ -8,16 +8,15 @@ so a case counts as present only once all of its arrays are complete.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from vessel_seg.atomic import atomic_open
 from vessel_seg.errors import DatasetError
 from vessel_seg.imageio.geometry import ImageGeometry
-from vessel_seg.serialization import default_file_mode, from_dict, read_json, write_json_atomic
+from vessel_seg.serialization import from_dict, read_json, write_json_atomic
 
 
 @dataclass
@@ -47,15 +46,8 @@ class CaseProperties:
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npy", dir=path.parent)
-    try:
-        os.fchmod(fd, default_file_mode())
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, np.ascontiguousarray(array))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as handle:
+        np.save(handle, np.ascontiguousarray(array))
 
 
 def save_case(folder: str | Path, data: np.ndarray, seg: np.ndarray | None, props: CaseProperties) -> None:

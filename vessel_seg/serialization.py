@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
+
+from vessel_seg.atomic import write_text_atomic
 
 T = TypeVar("T")
 
@@ -71,27 +71,9 @@ def from_dict(cls: type[T], data: dict) -> T:
     return cls(**kwargs)
 
 
-def default_file_mode() -> int:
-    """``0o666`` minus the umask: what ``open()`` would give (``mkstemp`` files are private, 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def write_json_atomic(path: str | Path, data: Any) -> Path:
     """Write JSON via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, default_file_mode())
-        with os.fdopen(fd, "w") as handle:
-            json.dump(to_jsonable(data), handle, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, json.dumps(to_jsonable(data), indent=2))
 
 
 def read_json(path: str | Path) -> Any:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from vessel_seg.atomic import write_atomic
 from vessel_seg.dataset import DatasetInfo
 from vessel_seg.errors import DatasetError, ImageReadError
 from vessel_seg.imageio import ImageGeometry, read_array, read_label, write_image
@@ -163,13 +164,9 @@ class VolumeSource:
 
 def _copy_file(source: Path, target: Path) -> None:
     """Byte copy through a temporary sibling, so a reader never sees a partial file."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-copy-", dir=target.parent)
-    os.close(fd)
     try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
+        write_atomic(target, lambda tmp: shutil.copyfile(source, tmp))
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise DatasetError(f"{target}: cannot copy {source} ({exc}); check space and permissions") from exc
 
 

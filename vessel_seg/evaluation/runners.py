@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vessel_seg.atomic import write_atomic
 from vessel_seg.errors import VesselSegError
 from vessel_seg.evaluation.evaluate import image_files
 from vessel_seg.evaluation.seqseg_seeds import seed_from_label
@@ -211,9 +212,7 @@ def collect_outputs(raw_dir: Path, cases: Sequence[str], dest_dir: Path, pattern
     for case, name in found.items():
         source = raw_dir / name
         target = dest_dir / f"{case}{image_extension(name)}"
-        tmp = dest_dir / f".{target.name}.tmp"
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
+        write_atomic(target, lambda tmp, source=source: shutil.copyfile(source, tmp))
     return dest_dir
 
 

@@ -21,17 +21,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from vessel_seg.atomic import atomic_open
 from vessel_seg.errors import ImageReadError, ImageWriteError, VesselSegError
 from vessel_seg.imageio import ImageGeometry, write_image
-from vessel_seg.serialization import default_file_mode
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +53,8 @@ def save_probabilities(
     path = Path(path)
     if probabilities.shape[0] != len(label_values) or tuple(probabilities.shape[1:]) != tuple(geometry.shape):
         raise ValueError(f"probabilities {probabilities.shape} do not match {len(label_values)} classes x {geometry.shape}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, default_file_mode())
-        with os.fdopen(fd, "wb") as handle:
+        with atomic_open(path) as handle:
             np.savez_compressed(
                 handle,
                 probabilities=probabilities.astype(np.float16, copy=False),
@@ -66,13 +62,8 @@ def save_probabilities(
                 geometry=np.asarray(json.dumps(geometry.to_dict())),
                 file_ending=np.asarray(file_ending),
             )
-        os.replace(tmp, path)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise ImageWriteError(f"{path}: cannot write probabilities ({exc.strerror or exc}); check space and permissions") from exc
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

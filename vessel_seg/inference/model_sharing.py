@@ -27,10 +27,10 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
+from vessel_seg.atomic import atomic_open
 from vessel_seg.checkpoint import load_checkpoint
 from vessel_seg.errors import CheckpointError, VesselSegError
 from vessel_seg.paths import DATASET_NAME_RE, resolve_dataset, results_root
-from vessel_seg.serialization import default_file_mode
 
 log = logging.getLogger(__name__)
 
@@ -79,17 +79,9 @@ def export_model(
     if recipe.is_file():
         files.append(recipe)
     output_zip = Path(output_zip)
-    output_zip.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output_zip.name}.", suffix=".tmp", dir=output_zip.parent)
-    try:
-        os.fchmod(fd, default_file_mode())
-        with os.fdopen(fd, "wb") as handle, zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED) as archive:
-            for path in files:
-                archive.write(path, path.relative_to(results_root()).as_posix())
-        os.replace(tmp, output_zip)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(output_zip) as handle, zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in files:
+            archive.write(path, path.relative_to(results_root()).as_posix())
     log.info("exported %d model folder(s) of %s (%d files) to %s", len(dirs), dataset_name, len(files), output_zip)
     return output_zip
 

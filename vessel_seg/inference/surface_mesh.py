@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
@@ -26,6 +24,7 @@ import numpy as np
 import scipy.sparse as sp
 from skimage.measure import marching_cubes
 
+from vessel_seg import atomic
 from vessel_seg.errors import ImageWriteError, VesselSegError
 from vessel_seg.imageio import ImageGeometry
 
@@ -60,21 +59,11 @@ class SurfaceMesh:
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary sibling file and ``os.replace``."""
-    path = Path(path)
+    """Write ``data`` to ``path`` atomically; failures are :class:`ImageWriteError` naming the path."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        return atomic.write_bytes_atomic(path, data)
     except OSError as exc:
         raise ImageWriteError(f"{path}: cannot write ({exc.strerror or exc}); check the folder and free space") from exc
-    return path
 
 
 def _vertex_adjacency(triangles: np.ndarray, num_vertices: int) -> sp.csr_matrix:

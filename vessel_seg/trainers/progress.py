@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -12,6 +11,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from vessel_seg.atomic import write_atomic, write_text_atomic  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,7 @@ class TrainingLog:
         self.plot()
 
     def _write(self) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text("".join(json.dumps(asdict(r)) + "\n" for r in self.records))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(json.dumps(asdict(r)) + "\n" for r in self.records))
 
     def plot(self) -> None:
         if not self.records:
@@ -75,7 +74,5 @@ class TrainingLog:
             ax.grid(alpha=0.3)
         axes[2].set_xlabel("epoch")
         fig.tight_layout()
-        tmp = self.plot_path.with_name(".progress.tmp.png")
-        fig.savefig(tmp, dpi=80)
+        write_atomic(self.plot_path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
         plt.close(fig)
-        os.replace(tmp, self.plot_path)

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vessel_seg.case_store import load_case
+from vessel_seg.atomic import atomic_open
+from vessel_seg.case_store import load_case, load_properties
 from vessel_seg.dataset import DatasetInfo
 from vessel_seg.evaluation.evaluate import evaluate_folders
 from vessel_seg.evaluation.metrics_topology import cldice
@@ -144,10 +145,9 @@ def predict_next_stage(
         data, _, props = load_case(preprocessed_dir, case_id)
         probs = predict_probabilities([network], np.asarray(data), config, len(label_values), mirror_axes, device, amp)
         seg = labels_from_probabilities(probs, label_values)
-        _, _, next_props = load_case(next_preprocessed_dir, case_id)
+        next_props = load_properties(next_preprocessed_dir, case_id)
         resampled = resample_for_next_stage(
             seg, props.spacing, next_props.shape_after_resampling, next_props.spacing, label_values
         )
-        tmp = out_dir / f".{case_id}.tmp.npy"
-        np.save(tmp, resampled)
-        tmp.replace(out_dir / f"{case_id}.npy")
+        with atomic_open(out_dir / f"{case_id}.npy") as handle:
+            np.save(handle, resampled)
