@@ -20,12 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from vessel_seg.atomic import write_atomic
 from vessel_seg.dataset import DatasetInfo
-from vessel_seg.errors import DatasetError, ImageReadError
-from vessel_seg.imageio import ImageGeometry, read_array, read_label, write_image
+from vessel_seg.errors import DatasetError
+from vessel_seg.imageio import ImageGeometry, read_array, read_geometry, read_label, write_image
 from vessel_seg.paths import DATASET_NAME_RE, dataset_name, raw_root
 
 log = logging.getLogger(__name__)
@@ -119,28 +118,6 @@ def binarise(label: np.ndarray, path: Path) -> np.ndarray:
     return (label != 0).astype(np.uint8)
 
 
-def header_geometry(path: Path) -> ImageGeometry:
-    """Geometry of an image file from its header alone (the voxels are not read).
-
-    Falls back to reading the whole file for anything that is not a plain 3D image.
-    """
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as exc:
-        raise ImageReadError(f"{path}: cannot read image header ({str(exc).strip()[:200]})") from exc
-    if reader.GetDimension() != 3 or reader.GetNumberOfComponents() != 1:
-        return read_array(path)[1]
-    size, spacing = reader.GetSize(), reader.GetSpacing()
-    return ImageGeometry(
-        shape=(int(size[2]), int(size[1]), int(size[0])),
-        spacing=tuple(float(s) for s in reversed(spacing)),
-        origin=tuple(float(o) for o in reader.GetOrigin()),
-        direction=tuple(float(v) for v in reader.GetDirection()),
-    )
-
-
 class VolumeSource:
     """How a converter reads its source files; the default reads what :mod:`vessel_seg.imageio` reads.
 
@@ -153,7 +130,7 @@ class VolumeSource:
         return path.name.lower().endswith(OUTPUT_ENDING)
 
     def geometry(self, path: Path) -> ImageGeometry:
-        return header_geometry(path)
+        return read_geometry(path)
 
     def image(self, path: Path) -> tuple[np.ndarray, ImageGeometry]:
         return read_array(path)

@@ -20,32 +20,18 @@ from vessel_seg.dataset_conversion.common import (
     binarise,
     present_values,
     require_folder,
-    visible_files,
     write_raw_dataset,
 )
 from vessel_seg.errors import DatasetError
-from vessel_seg.imageio import image_extension, strip_extension
+from vessel_seg.imageio import image_files
 
 log = logging.getLogger(__name__)
 
 
-def _by_stem(folder: Path) -> dict[str, Path]:
-    files: dict[str, Path] = {}
-    for path in visible_files(folder):
-        if image_extension(path) is None:
-            log.warning("%s: not a supported image file; ignored", path)
-            continue
-        stem = strip_extension(path)
-        if stem in files:
-            raise DatasetError(f"{path}: two files named {stem}.* ({files[stem].name}); keep one per case")
-        files[stem] = path
-    return files
-
-
 def match_image_mask_pairs(images_dir: str | Path, masks_dir: str | Path) -> list[SourceCase]:
     """Pair images with masks by file stem; an unmatched file on either side is a :class:`DatasetError`."""
-    images = _by_stem(require_folder(Path(images_dir), "a folder of images"))
-    masks = _by_stem(require_folder(Path(masks_dir), "a folder of masks"))
+    images = image_files(require_folder(Path(images_dir), "a folder of images"))
+    masks = image_files(require_folder(Path(masks_dir), "a folder of masks"))
     if not images:
         raise DatasetError(f"{images_dir}: no image files found")
     cases, used = [], set()

@@ -39,18 +39,8 @@ from vessel_seg.serialization import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
-COMPARED_METRICS: tuple[str, ...] = (
-    "dice",
-    "recall",
-    "precision",
-    "cldice",
-    "vscore",
-    "hd95_mm",
-    "assd_mm",
-    "betti0_error",
-    "betti1_error",
-    "largest_component_share",
-)
+# Every metric with a direction (component counts are descriptive only).
+COMPARED_METRICS: tuple[str, ...] = tuple(m for m in METRIC_NAMES if HIGHER_IS_BETTER.get(m) is not None)
 METHOD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 

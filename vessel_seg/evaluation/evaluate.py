@@ -23,7 +23,7 @@ import pandas as pd
 from vessel_seg.errors import VesselSegError
 from vessel_seg.evaluation.atomic import write_csv_atomic
 from vessel_seg.evaluation.metrics import METRIC_NAMES, binary_metrics, labels_present
-from vessel_seg.imageio import image_extension, read_label, strip_extension
+from vessel_seg.imageio import image_files, read_label
 from vessel_seg.serialization import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -56,25 +56,6 @@ class EvaluationResult:
         if label is None:
             return float(self.summary["foreground_mean"][metric])
         return float(self.summary["metrics"][str(label)][metric]["mean"])
-
-
-def image_files(folder: str | Path) -> dict[str, Path]:
-    """Case id -> file for every supported image file directly inside ``folder``.
-
-    Raises :class:`VesselSegError` when the folder is missing or a case appears twice.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise VesselSegError(f"{folder}: folder not found")
-    files: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not path.is_file() or image_extension(path) is None:
-            continue
-        case = strip_extension(path)
-        if case in files:
-            raise VesselSegError(f"{path}: case {case!r} also exists as {files[case].name}; keep one file per case")
-        files[case] = path
-    return files
 
 
 def match_cases(

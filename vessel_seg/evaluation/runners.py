@@ -35,9 +35,8 @@ from pathlib import Path
 
 from vessel_seg.atomic import write_atomic
 from vessel_seg.errors import VesselSegError
-from vessel_seg.evaluation.evaluate import image_files
 from vessel_seg.evaluation.seqseg_seeds import seed_from_label
-from vessel_seg.imageio import image_extension, read_label, strip_extension
+from vessel_seg.imageio import image_extension, image_files, read_label, strip_extension
 from vessel_seg.serialization import write_json_atomic
 
 logger = logging.getLogger(__name__)

@@ -58,14 +58,34 @@ def _squeeze_itk_info(reader: sitk.ImageFileReader) -> tuple:
     return size, spacing, origin, tuple(direction.ravel()), dim
 
 
-def _read_nifti(path: Path) -> tuple[np.ndarray, ImageGeometry]:
+def _header_geometry(path: Path) -> tuple[ImageGeometry, int]:
+    """Geometry and dimension from the file header alone (SimpleITK reads no voxels here)."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
     if reader.GetNumberOfComponents() != 1:
         raise ValueError("multi-component (vector/RGB) voxels are not supported; save one file per channel")
     size, spacing, origin, direction, dim = _squeeze_itk_info(reader)
-    geometry = _geometry_from_itk(size, spacing, origin, direction, dim)
+    return _geometry_from_itk(size, spacing, origin, direction, dim), dim
+
+
+def read_geometry(path: str | Path) -> ImageGeometry:
+    """The :class:`ImageGeometry` of an image file from its header, without reading the voxels.
+
+    Raises :class:`ImageReadError` naming the file when the header cannot be read.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: file not found")
+    try:
+        return _header_geometry(path)[0]
+    except Exception as exc:  # noqa: BLE001 - any parser failure on an untrusted file is the file's problem
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ImageReadError(f"{path}: cannot read image header ({reason[:200]})") from exc
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, ImageGeometry]:
+    geometry, dim = _header_geometry(path)
     data = np.asanyarray(nib.load(str(path)).dataobj)
     data = data.reshape(data.shape[:dim]).T  # nibabel indexes (i, j, k); arrays here are (k, j, i)
     return np.ascontiguousarray(data.reshape(geometry.shape)), geometry

@@ -35,7 +35,7 @@ from pathlib import Path
 from vessel_seg.dataset import DatasetInfo
 from vessel_seg.errors import VesselSegError
 from vessel_seg.evaluation.atomic import write_text_atomic
-from vessel_seg.evaluation.evaluate import image_files
+from vessel_seg.imageio import image_files
 from vessel_seg.inference.ensemble import PROBABILITY_SUFFIX
 from vessel_seg.inference.postprocessing import PostprocessingRecipe
 from vessel_seg.inference.recipe import SUMMARY_FILE, InferenceRecipe, recipe_path, save_recipe

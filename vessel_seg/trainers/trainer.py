@@ -123,20 +123,15 @@ def _batches(ctx: _Context, ids, settings, dist: DistributedContext, train: bool
             ctx.config.patch_size, ctx.config.spacing[-len(ctx.config.patch_size):],
             cascade_labels=cascade_labels, num_image_channels=num_channels,
         )
-        sample_size = aug.sample_patch_size
-        transform = aug.transform
     else:
-        aug = None
-        sample_size = None
-        transform = validation_transforms(ctx.config.patch_size, cascade_labels=cascade_labels, num_image_channels=num_channels)
-        transform = getattr(transform, "transform", transform)
+        aug = validation_transforms(ctx.config.patch_size, cascade_labels=cascade_labels, num_image_channels=num_channels)
     loader = PatchLoader(
-        ctx.data_dir, ids, ctx.config.patch_size, batch_size, sample_patch_size=sample_size,
+        ctx.data_dir, ids, ctx.config.patch_size, batch_size, sample_patch_size=aug.sample_patch_size,
         previous_stage_dir=ctx.previous_stage_dir, seed=seed,
     )
     workers = settings.num_workers if train else min(settings.num_workers, 1)
     batches = BackgroundBatches(
-        loader, transform, workers, pin_memory=torch.cuda.is_available(), seed=seed, deterministic=not train
+        loader, aug.transform, workers, pin_memory=torch.cuda.is_available(), seed=seed, deterministic=not train
     )
     return batches, aug
 
@@ -208,7 +203,7 @@ def train(job: TrainingJob) -> TrainingResult:
     batch_size = max(1, ctx.config.batch_size // dist.world_size)
     train_batches, aug = _batches(ctx, train_ids, settings, dist, True, batch_size)
     val_batches, _ = _batches(ctx, val_ids, settings, dist, False, batch_size)
-    mirror_axes = tuple(aug.mirror_axes) if aug is not None else ()
+    mirror_axes = tuple(aug.mirror_axes)
     checkpointer.metadata["mirror_axes"] = list(mirror_axes)  # the predictor mirrors the same axes
     show_bar = dist.is_main and sys.stderr.isatty()
     try:
@@ -279,7 +274,7 @@ def train(job: TrainingJob) -> TrainingResult:
     summary = None
     if dist.is_main:
         checkpointer.save("final", checkpointer.state(network, None, None, settings.epochs, {"best_score": best_score}))
-        if settings.final_validation and start_epoch <= settings.epochs:
+        if settings.final_validation:
             summary = _final_validation(
                 ctx, network, val_ids, mirror_axes, device, use_amp, settings.save_validation_probabilities
             )
