@@ -212,7 +212,7 @@ def train(job: TrainingJob) -> TrainingResult:
             lr = poly_lr(settings.initial_lr, epoch, settings.epochs)
             set_lr(optimizer, lr)
             model.train()
-            train_losses = []
+            loss_sum = torch.zeros((), device=device)  # summed on the device: no GPU sync per iteration
             for _ in tqdm(range(settings.iterations_per_epoch), desc=f"epoch {epoch}", disable=not show_bar, leave=False):
                 batch = next(train_batches)
                 data = batch["data"].to(device, non_blocking=True)
@@ -232,8 +232,9 @@ def train(job: TrainingJob) -> TrainingResult:
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
                     optimizer.step()
-                train_losses.append(loss.detach().item())
+                loss_sum += loss.detach()
             data_wait = train_batches.pop_mean_wait()
+            train_loss = loss_sum.item() / settings.iterations_per_epoch
 
             model.eval()
             metrics = PseudoMetrics(len(ctx.label_values))
@@ -258,13 +259,13 @@ def train(job: TrainingJob) -> TrainingResult:
                 if (epoch + 1) % settings.checkpoint_every == 0 or epoch + 1 == settings.epochs:
                     checkpointer.save("latest", checkpointer.state(network, optimizer, scaler, epoch + 1, extra))
                 progress.append(EpochRecord(
-                    epoch=epoch, train_loss=float(np.mean(train_losses)), val_loss=float(np.mean(val_losses)),
+                    epoch=epoch, train_loss=train_loss, val_loss=float(np.mean(val_losses)),
                     pseudo_dice=metrics.dice, pseudo_cldice=metrics.cldice, ema_score=float(ema), learning_rate=lr,
                     epoch_seconds=time.perf_counter() - started, data_wait_seconds=data_wait,
                 ))
                 log.info(
                     "epoch %d: train loss %.4f, val loss %.4f, pseudo Dice %.4f, pseudo clDice %.4f, %.1f s (data wait %.3f s/it)",
-                    epoch, np.mean(train_losses), np.mean(val_losses), metrics.dice, metrics.cldice,
+                    epoch, train_loss, np.mean(val_losses), metrics.dice, metrics.cldice,
                     time.perf_counter() - started, data_wait,
                 )
     finally:
