@@ -109,6 +109,32 @@ def _describe_exit(code: int | None) -> str:
     return f"exit code {code}"
 
 
+class _StopSurvivorsOnFailure:
+    """Shutdown that does not wait for workers stuck behind a dead one.
+
+    A worker killed while putting a batch can leave the shared queue locked; the survivors then never
+    exit by themselves and batchgenerators' graceful shutdown waits its full timeout (10 s) before it
+    terminates them. Once any worker has exited, stop the others right away.
+    """
+
+    _processes: list
+
+    def _finish(self, timeout: float = 10, force: bool = False) -> None:
+        if any(p.exitcode is not None for p in self._processes):
+            for process in self._processes:
+                if process.is_alive():
+                    process.terminate()
+        super()._finish(timeout=timeout, force=force)
+
+
+class _OrderedAugmenter(_StopSurvivorsOnFailure, MultiThreadedAugmenter):
+    pass
+
+
+class _UnorderedAugmenter(_StopSurvivorsOnFailure, NonDetMultiThreadedAugmenter):
+    pass
+
+
 class BackgroundBatches:
     """Iterator over transformed batches produced by ``num_workers`` background processes.
 
@@ -170,11 +196,11 @@ class BackgroundBatches:
             self._augmenter = SingleThreadedAugmenter(loader, transform)
         elif deterministic:
             per_queue = max(1, (num_cached or max(6, num_workers)) // num_workers)
-            self._augmenter = MultiThreadedAugmenter(
+            self._augmenter = _OrderedAugmenter(
                 loader, transform, num_workers, num_cached_per_queue=per_queue, seeds=seeds, wait_time=wait_time,
             )
         else:
-            self._augmenter = NonDetMultiThreadedAugmenter(
+            self._augmenter = _UnorderedAugmenter(
                 loader, transform, num_workers, num_cached=num_cached or max(6, num_workers), seeds=seeds,
                 wait_time=wait_time,
             )
@@ -199,6 +225,10 @@ class BackgroundBatches:
         if self._closed:
             raise RuntimeError("the background batch iterator was closed; create a new one")
         self.start()
+        # Checked on every batch: batchgenerators notices a dead worker only once the surviving
+        # workers stop filling the queue, which can take many batches.
+        if any(p.exitcode is not None for p in self._processes):
+            self._raise_worker_failure(None)
         start = time.perf_counter()
         try:
             batch = next(self._augmenter)
@@ -206,16 +236,17 @@ class BackgroundBatches:
         except RuntimeError as exc:
             if "no longer alive" not in str(exc):
                 raise
-            for process in self._processes:
-                process.join(timeout=1.0)
-            states = ", ".join(f"worker {i}: {_describe_exit(p.exitcode)}" for i, p in enumerate(self._processes))
-            self.close()
-            raise DataWorkerError(
-                f"a data-loading worker failed ({states}); see the worker traceback printed above, "
-                "or use fewer workers / a smaller patch if it ran out of memory"
-            ) from exc
+            self._raise_worker_failure(exc)
         finally:
             self.timer.record(time.perf_counter() - start)
+
+    def _raise_worker_failure(self, cause: BaseException | None) -> None:
+        states = ", ".join(f"worker {i}: {_describe_exit(p.exitcode)}" for i, p in enumerate(self._processes))
+        self.close()  # stops the surviving workers at once (see _StopSurvivorsOnFailure)
+        raise DataWorkerError(
+            f"a data-loading worker failed ({states}); see the worker traceback printed above, "
+            "or use fewer workers / a smaller patch if it ran out of memory"
+        ) from cause
 
     def pop_mean_wait(self) -> float:
         """Mean seconds waited per batch since the last call, then reset the timer."""
