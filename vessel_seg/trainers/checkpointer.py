@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from vessel_seg.atomic import write_atomic
 from vessel_seg.checkpoint import load_first_valid, save_checkpoint
 from vessel_seg.errors import CheckpointError
 from vessel_seg.model_folder import checkpoint_path
@@ -52,7 +54,9 @@ class Checkpointer:
     def save(self, which: str, state: dict[str, Any]) -> Path:
         path = checkpoint_path(self.fold_dir, which)
         if which == "latest" and path.is_file():
-            os.replace(path, self.fold_dir / "checkpoint_previous.pt")
+            # Keep the old latest as "previous" by linking, not moving it: at every instant of a
+            # kill there is a complete checkpoint_latest.pt to resume from.
+            write_atomic(self.fold_dir / "checkpoint_previous.pt", lambda tmp: _link_or_copy(path, tmp))
         return save_checkpoint(state, path)
 
     def load_for_resume(self, map_location="cpu") -> dict[str, Any] | None:
@@ -63,6 +67,14 @@ class Checkpointer:
         path, state = load_first_valid(candidates, map_location)
         log.info("resuming from %s (epoch %d)", path, state.get("epoch", 0))
         return state
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    target.unlink()
+    try:
+        os.link(source, target)
+    except OSError:  # filesystems without hard links
+        shutil.copyfile(source, target)
 
 
 def settings_metadata(settings) -> dict[str, Any]:
