@@ -69,9 +69,18 @@ def test_topology_losses_train(roots, loss):
 
 
 def test_resume_continues_from_latest_and_pretrained_loads(roots):
-    job = TrainingJob(7, "3d_fullres", 2, "cpu", quick(epochs=2, final_validation=False), trainer_name="resume")
+    job = TrainingJob(7, "3d_fullres", 2, "cpu", quick(epochs=2, final_validation=False, snapshot_every=1), trainer_name="resume")
     first = train(job)
     assert load_checkpoint(first.fold_dir / "checkpoint_latest.pt")["epoch"] == 2
+    # --snapshot-every keeps each epoch's weights under a name the predictor accepts
+    snapshots = [load_checkpoint(first.fold_dir / f"checkpoint_epoch000{e}.pt") for e in (1, 2)]
+    assert [s["epoch"] for s in snapshots] == [1, 2]
+    assert not torch.equal(*(next(iter(s["network_weights"].values())) for s in snapshots))
+    from vessel_seg.inference.predictor import load_trained_model
+
+    assert load_trained_model(first.fold_dir.parent, folds=[2], checkpoint="epoch0001").networks
+    with pytest.raises(VesselSegError, match="snapshot such as epoch0020"):
+        load_trained_model(first.fold_dir.parent, folds=[2], checkpoint="epoch1")
     job.settings = quick(epochs=3, final_validation=False)
     job.resume = True
     second = train(job)

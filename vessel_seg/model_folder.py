@@ -4,13 +4,14 @@
 
     VS_RESULTS/DatasetNNN_Name/<trainer>__<plans>__<configuration>/
         plans.json  dataset.json  fingerprint.json
-        fold_K/checkpoint_{latest,best,final}.pt  training_log.jsonl  progress.png
+        fold_K/checkpoint_{latest,best,final}.pt  [checkpoint_epochNNNN.pt]  training_log.jsonl  progress.png
         fold_K/validation/CASE.nii.gz  metrics.csv  summary.json
         fold_K/predicted_next_stage/<next configuration>/CASE.npy   (3d_lowres only, feeds the cascade)
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from vessel_seg.errors import VesselSegError
@@ -18,6 +19,7 @@ from vessel_seg.paths import results_root
 
 DEFAULT_TRAINER = "vsTrainer"
 CHECKPOINT_NAMES = ("final", "best", "latest")
+_SNAPSHOT = re.compile(r"epoch\d{4,}")
 
 
 def model_dir(dataset_name: str, configuration: str, plans_name: str, trainer: str = DEFAULT_TRAINER) -> Path:
@@ -37,7 +39,14 @@ def parse_fold(text: str | int) -> int | str:
     raise VesselSegError(f"fold {text!r} is not valid: use 0-4 (or another fold index) or 'all'")
 
 
+def snapshot_name(epoch: int) -> str:
+    """Checkpoint name of the weights kept after ``epoch`` epochs (``--snapshot-every``)."""
+    return f"epoch{epoch:04d}"
+
+
 def checkpoint_path(fold_dir: Path, which: str) -> Path:
-    if which not in CHECKPOINT_NAMES:
-        raise VesselSegError(f"checkpoint {which!r} is not valid: use one of {', '.join(CHECKPOINT_NAMES)}")
+    if which not in CHECKPOINT_NAMES and not _SNAPSHOT.fullmatch(which):
+        raise VesselSegError(
+            f"checkpoint {which!r} is not valid: use one of {', '.join(CHECKPOINT_NAMES)} or a snapshot such as epoch0020"
+        )
     return fold_dir / f"checkpoint_{which}.pt"

@@ -26,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-tr", dest="trainer", default=None, help="trainer name (default: any, if unambiguous)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     parser.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation (8x faster in 3D)")
-    parser.add_argument("--checkpoint", choices=("final", "best"), default="final", help="checkpoint to load")
+    parser.add_argument(
+        "--checkpoint", default="final", help="checkpoint to load: final (default), best, or a snapshot such as epoch0020"
+    )
     parser.add_argument("-np", type=int, default=None, dest="num_threads",
                         help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--overwrite", action="store_true", help="predict cases whose mask already exists again")

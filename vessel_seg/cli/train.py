@@ -36,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-amp", action="store_true", help="disable mixed precision (fp16 on CUDA, bf16 on CPUs that support it natively)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
     parser.add_argument("--checkpoint-every", type=int, default=TrainingSettings.checkpoint_every, help="epochs between latest checkpoints")
+    parser.add_argument(
+        "--snapshot-every", type=int, default=0, metavar="N",
+        help="also keep the weights every N epochs as checkpoint_epochNNNN.pt (default 0: never)",
+    )
     parser.add_argument("--seed", type=int, default=TrainingSettings.seed)
     parser.add_argument("--continue", dest="resume", action="store_true", help="resume from the latest checkpoint")
     parser.add_argument("--pretrained", type=Path, help="initialise from another model's checkpoint (fine-tuning)")
@@ -53,7 +57,7 @@ def _command(args: argparse.Namespace) -> int:
             epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch, validation_iterations=args.val_iterations,
             loss=args.loss, optimizer=args.optimizer, learning_rate=args.lr, device=args.device,
             num_workers=args.num_workers, amp=not args.no_amp, compile=args.compile,
-            checkpoint_every=args.checkpoint_every, seed=args.seed, final_validation=not args.no_final_validation,
+            checkpoint_every=args.checkpoint_every, snapshot_every=args.snapshot_every, seed=args.seed, final_validation=not args.no_final_validation,
             save_validation_probabilities=not args.no_validation_probabilities,
         )
     except ValueError as exc:

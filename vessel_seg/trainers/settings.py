@@ -32,6 +32,8 @@ class TrainingSettings:
     amp: bool = True
     compile: bool = False
     checkpoint_every: int = 5
+    # Keep the weights every N epochs as checkpoint_epochNNNN.pt (0: never), e.g. for held-out learning curves.
+    snapshot_every: int = 0
     seed: int = 12345
     final_validation: bool = True
     # Also write fold_K/validation/CASE.npz (float16 probabilities) for ensemble and gap-bridging selection.
@@ -44,6 +46,8 @@ class TrainingSettings:
             raise ValueError(f"unknown loss {self.loss!r}: use one of {', '.join(LOSSES)}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
+        if self.snapshot_every < 0:
+            raise ValueError("snapshot_every must be 0 (off) or a positive number of epochs")
         if self.epochs < 1 or self.iterations_per_epoch < 1:
             raise ValueError("epochs and iterations per epoch must be at least 1")
 

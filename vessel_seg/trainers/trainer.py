@@ -22,7 +22,7 @@ from vessel_seg.case_store import list_cases
 from vessel_seg.dataset import DatasetInfo
 from vessel_seg.device import autocast, configure_backends, mixed_precision_enabled, select_device
 from vessel_seg.errors import DatasetError, VesselSegError
-from vessel_seg.model_folder import DEFAULT_TRAINER, fold_name, model_dir
+from vessel_seg.model_folder import DEFAULT_TRAINER, fold_name, model_dir, snapshot_name
 from vessel_seg.networks.resunet import build_network
 from vessel_seg.paths import preprocessed_root, raw_root, resolve_dataset
 from vessel_seg.planners.plans import ConfigurationPlan, Plans
@@ -258,6 +258,8 @@ def train(job: TrainingJob) -> TrainingResult:
                     checkpointer.save("best", checkpointer.state(network, None, None, epoch + 1, extra))
                 if (epoch + 1) % settings.checkpoint_every == 0 or epoch + 1 == settings.epochs:
                     checkpointer.save("latest", checkpointer.state(network, optimizer, scaler, epoch + 1, extra))
+                if settings.snapshot_every and (epoch + 1) % settings.snapshot_every == 0:
+                    checkpointer.save(snapshot_name(epoch + 1), checkpointer.state(network, None, None, epoch + 1, extra))
                 progress.append(EpochRecord(
                     epoch=epoch, train_loss=train_loss, val_loss=float(np.mean(val_losses)),
                     pseudo_dice=metrics.dice, pseudo_cldice=metrics.cldice, ema_score=float(ema), learning_rate=lr,
