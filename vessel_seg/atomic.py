@@ -2,17 +2,31 @@
 
 A reader, or a run killed half-way, never sees a partial file under the real name, and a failed
 write leaves nothing behind. The temporary name keeps the target's extensions, so writers that
-choose a format (or append one, like numpy) from the name behave as for the real path.
+choose a format (or append one, like numpy) from the name behave as for the real path. Writers
+that produce several files referring to each other by name (``.mhd`` + ``.raw``) use a hidden
+staging folder instead (:func:`staging_folder`).
+
+Every temporary name holds :data:`TEMP_MARKER`. Only a killed process (SIGKILL, power loss)
+leaves one behind; :func:`remove_stale_temporaries` deletes those older than an hour, an age no
+write in progress reaches without touching its file, so a concurrent run is never disturbed.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
+
+log = logging.getLogger(__name__)
+
+TEMP_MARKER = ".vstmp-"
+STALE_AFTER_S = 3600.0
 
 
 def default_file_mode() -> int:
@@ -28,7 +42,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARKER}", suffix=suffix, dir=path.parent)
     os.fchmod(fd, default_file_mode())
     os.close(fd)
     try:
@@ -61,3 +75,50 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
     return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+@contextmanager
+def staging_folder(folder: str | Path) -> Iterator[Path]:
+    """A hidden, empty folder inside ``folder``; on success its files are moved into ``folder``.
+
+    Files are moved in name order except that a file whose name ends in a header extension
+    (``.mhd``, ``.nhdr``) moves last, so its data file is in place before it. The staging folder is
+    removed in every case.
+    """
+    folder = Path(folder)
+    staging = Path(tempfile.mkdtemp(prefix=TEMP_MARKER, dir=folder))
+    try:
+        yield staging
+        headers_last = sorted(staging.iterdir(), key=lambda p: (p.name.lower().endswith((".mhd", ".nhdr")), p.name))
+        for produced in headers_last:
+            os.replace(produced, folder / produced.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def remove_stale_temporaries(folder: str | Path, older_than_s: float = STALE_AFTER_S) -> list[Path]:
+    """Delete temporaries left in ``folder`` by killed writers, if untouched for ``older_than_s`` seconds.
+
+    Returns the removed paths. Only hidden entries holding :data:`TEMP_MARKER` are considered.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    now, removed = time.time(), []
+    for entry in folder.iterdir():
+        if not entry.name.startswith(".") or TEMP_MARKER not in entry.name:
+            continue
+        try:
+            if now - entry.stat().st_mtime < older_than_s:
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except OSError as exc:  # vanished meanwhile or not ours to delete: leave it
+            log.debug("%s: stale temporary not removed (%s)", entry, exc)
+            continue
+        removed.append(entry)
+    if removed:
+        log.info("%s: removed %d temporary file(s) left by an interrupted run", folder, len(removed))
+    return removed

@@ -69,7 +69,10 @@ class DatasetInfo:
             raise DatasetError(f"{source}: must hold a JSON object")
         for key in ("channel_names", "labels", "numTraining", "file_ending"):
             if key not in data:
-                raise DatasetError(f"{source}: missing key {key!r} (nnU-Net v2 format)")
+                raise DatasetError(
+                    f"{source}: missing key {key!r}; add it (nnU-Net v2 format needs channel_names, labels, "
+                    "numTraining and file_ending)"
+                )
         channels = data["channel_names"]
         if not isinstance(channels, dict) or not channels:
             raise DatasetError(f"{source}: 'channel_names' must be a non-empty object such as {{\"0\": \"CT\"}}")
@@ -112,7 +115,7 @@ class DatasetInfo:
         try:
             data = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DatasetError(f"{path}: not valid JSON ({exc})") from exc
+            raise DatasetError(f"{path}: not valid JSON ({exc}); fix the syntax") from exc
         return cls.from_json(data, str(path))
 
 
@@ -153,7 +156,7 @@ def list_cases(folder: str | Path, info: DatasetInfo, labels_folder: str | Path 
         if missing:
             raise DatasetError(
                 f"{folder / (case_id + f'_{missing[0]:04d}' + info.file_ending)}: channel {missing[0]} of case "
-                f"{case_id!r} is missing (dataset.json declares {info.num_channels} channels)"
+                f"{case_id!r} is missing (dataset.json declares {info.num_channels} channels); add it or remove the case"
             )
         extra = sorted(set(channels) - set(range(info.num_channels)))
         if extra:

@@ -7,6 +7,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 
+def _rounded(values: np.ndarray) -> tuple[float, ...]:
+    """Plain floats rounded to 4 decimals, so messages read ``(1.0, 2.0)`` and not ``np.float64(1.0)``."""
+    return tuple(round(float(v), 4) for v in values.ravel())
+
+
 @dataclass(frozen=True)
 class ImageGeometry:
     """Where a ``(Z, Y, X)`` voxel array sits in physical (ITK/LPS, millimetre) space.
@@ -49,7 +54,7 @@ class ImageGeometry:
         for name in ("spacing", "origin", "direction"):
             a, b = np.asarray(getattr(self, name)), np.asarray(getattr(other, name))
             if a.shape != b.shape or not np.allclose(a, b, rtol=rtol, atol=atol):
-                return f"{name} {tuple(np.round(a, 4))} != {tuple(np.round(b, 4))}"
+                return f"{name} {_rounded(a)} != {_rounded(b)}"
         return None
 
     def index_to_physical(self, index_zyx: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ reject them. Every other format goes through SimpleITK. All failures raise
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +23,27 @@ from vessel_seg.imageio.geometry import ImageGeometry
 
 # z spacing given to 2D images so that planners treat them as one slice of an infinitely thick stack.
 SPACING_OF_2D_Z = 999.0
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The informative part of a parser's exception, on one line (at most 200 characters).
+
+    SimpleITK messages start with a source-code location line and bury the cause in later lines
+    (``sitk::ERROR: ...``, ``[nrrd] ...``); the last informative line is kept, without those prefixes.
+    """
+    lines = [
+        line.strip() for line in str(exc).splitlines()
+        if line.strip() and not line.strip().startswith("Exception thrown in SimpleITK")
+    ]
+    if not lines:
+        return type(exc).__name__
+    text = lines[-1]
+    if "Unable to determine ImageIO reader" in text:
+        return "not an image of this type, or corrupt"
+    text = re.sub(r"^(\[\w+\]\s*)?(sitk|itk)::ERROR:\s*", "", text)
+    text = re.sub(r"^\[\w+\]\s*_?\w+:\s*", "", text)
+    text = re.sub(r"^Reason:\s*", "", text)
+    return text[:200]
 
 
 def _geometry_from_itk(size, spacing, origin, direction, dimension: int) -> ImageGeometry:
@@ -69,6 +91,11 @@ def _header_geometry(path: Path) -> tuple[ImageGeometry, int]:
     return _geometry_from_itk(size, spacing, origin, direction, dim), dim
 
 
+def _check_not_empty(path: Path) -> None:
+    if path.stat().st_size == 0:
+        raise ImageReadError(f"{path}: file is empty (0 bytes); copy or export it again")
+
+
 def read_geometry(path: str | Path) -> ImageGeometry:
     """The :class:`ImageGeometry` of an image file from its header, without reading the voxels.
 
@@ -77,11 +104,13 @@ def read_geometry(path: str | Path) -> ImageGeometry:
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"{path}: file not found")
+    _check_not_empty(path)
     try:
         return _header_geometry(path)[0]
     except Exception as exc:  # noqa: BLE001 - any parser failure on an untrusted file is the file's problem
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ImageReadError(f"{path}: cannot read image header ({reason[:200]})") from exc
+        raise ImageReadError(
+            f"{path}: cannot read image header ({failure_reason(exc)}); replace it with a complete, valid image file"
+        ) from exc
 
 
 def _read_nifti(path: Path) -> tuple[np.ndarray, ImageGeometry]:
@@ -112,8 +141,7 @@ def read_array(path: str | Path, allow_nonfinite: bool = False) -> tuple[np.ndar
         return read_dicom_series(path)
     if not path.is_file():
         raise ImageReadError(f"{path}: file not found")
-    if path.stat().st_size == 0:
-        raise ImageReadError(f"{path}: file is empty")
+    _check_not_empty(path)
     ext = image_extension(path)
     if ext is None:
         raise ImageReadError(
@@ -125,11 +153,15 @@ def read_array(path: str | Path, allow_nonfinite: bool = False) -> tuple[np.ndar
         else:
             data, geometry = _read_itk(sitk.ReadImage(str(path)))
     except Exception as exc:  # noqa: BLE001 - any parser failure on an untrusted file is the file's problem
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ImageReadError(f"{path}: cannot read image ({reason[:200]}); is the file complete and valid?") from exc
+        raise ImageReadError(
+            f"{path}: cannot read image ({failure_reason(exc)}); replace it with a complete, valid image file"
+        ) from exc
     if not allow_nonfinite and data.dtype.kind == "f" and not np.isfinite(data).all():
-        bad = int((~np.isfinite(data)).sum())
-        raise ImageReadError(f"{path}: {bad} voxels are NaN or Inf; fix or mask them before use")
+        nan, inf = int(np.isnan(data).sum()), int(np.isinf(data).sum())
+        raise ImageReadError(
+            f"{path}: {nan} NaN and {inf} Inf voxel(s) (NaN or Inf values are not allowed); "
+            "replace them with finite intensities and run again"
+        )
     return data, geometry
 
 

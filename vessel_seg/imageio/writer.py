@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import tempfile
+import threading
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from vessel_seg.atomic import staging_folder
 from vessel_seg.errors import ImageWriteError
 from vessel_seg.imageio.formats import SUPPORTED_EXTENSIONS, image_extension
 from vessel_seg.imageio.geometry import ImageGeometry
+from vessel_seg.imageio.reader import failure_reason
+
+log = logging.getLogger(__name__)
+
+_STDERR_LOCK = threading.Lock()
+
+# Smallest NIfTI-1 header; the voxels follow it (ITK writes them at offset 352).
+NIFTI_HEADER_BYTES = 348
 
 
 def to_itk(array: np.ndarray, geometry: ImageGeometry) -> sitk.Image:
@@ -32,16 +47,69 @@ def to_itk(array: np.ndarray, geometry: ImageGeometry) -> sitk.Image:
     return image
 
 
-def write_image(array: np.ndarray, geometry: ImageGeometry, path: str | Path, compress: bool = True) -> Path:
-    """Write ``array`` to ``path`` (format from the extension) via a temporary folder and renames.
+@contextmanager
+def _native_stderr_captured() -> Iterator[list[str]]:
+    """Route what C++ code prints on file descriptor 2 into the yielded list (filled on exit).
 
-    The file is written under its final name inside a hidden sibling folder, then moved into place
-    (for ``.mhd`` the data file first, the header last), so a reader never sees a half-written file
-    and a failure (disk full, killed process) leaves no partial output. Raises
+    ITK's writers print their own diagnostics ("** ERROR: NWAD: wrote only ...") besides, or
+    instead of, raising; they become part of the one-line error or a debug message. The
+    descriptor is shared by all threads, so the redirect is kept to the write call alone and one
+    thread at a time holds it (nested redirects would restore the wrong descriptor).
+    """
+    lines: list[str] = []
+    with _STDERR_LOCK:
+        try:
+            if sys.stderr is not None:
+                sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):  # no usable descriptor 2 (embedded interpreter): nothing to capture
+            yield lines
+            return
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield lines
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                sink.seek(0)
+                text = sink.read().decode(errors="replace")
+                lines.extend(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _check_nifti(path: Path, data_bytes: int) -> None:
+    """Raise ``OSError`` unless ``path`` holds a whole NIfTI file of ``data_bytes`` voxel bytes.
+
+    ITK's NIfTI writer reports a short write (disk full, file size limit) on stderr only and
+    returns normally, so the written file is checked: its size, or for ``.gz`` a full pass over the
+    compressed stream (which ends with a checksum).
+    """
+    expected = NIFTI_HEADER_BYTES + data_bytes
+    if not path.name.lower().endswith(".gz"):
+        if path.stat().st_size < expected:
+            raise OSError(f"incomplete file: {path.stat().st_size} of at least {expected} bytes written")
+        return
+    inflater, total = zlib.decompressobj(16 + zlib.MAX_WBITS), 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            total += len(inflater.decompress(chunk, 1 << 24))
+            while inflater.unconsumed_tail:
+                total += len(inflater.decompress(inflater.unconsumed_tail, 1 << 24))
+    if not inflater.eof or total < expected:
+        raise OSError(f"incomplete file: the compressed stream ends after {total} of at least {expected} bytes")
+
+
+def write_image(array: np.ndarray, geometry: ImageGeometry, path: str | Path, compress: bool = True) -> Path:
+    """Write ``array`` to ``path`` (format from the extension) via a hidden staging folder and renames.
+
+    The file is written under its final name inside a hidden sibling folder, checked, then moved
+    into place (for ``.mhd`` the data file first, the header last), so a reader never sees a
+    half-written file and a failure (disk full, killed process) leaves no partial output. Raises
     :class:`ImageWriteError` naming the path on failure.
     """
     path = Path(path)
-    if image_extension(path) is None:
+    ext = image_extension(path)
+    if ext is None:
         raise ImageWriteError(f"{path}: unsupported output type; use one of {', '.join(SUPPORTED_EXTENSIONS)}")
     if array.dtype == np.bool_:
         array = array.astype(np.uint8)
@@ -49,14 +117,19 @@ def write_image(array: np.ndarray, geometry: ImageGeometry, path: str | Path, co
         array = array.astype(np.float32)
     if not path.parent.is_dir():
         raise ImageWriteError(f"{path.parent}: output folder does not exist; create it first")
+    native: list[str] = []
     try:
-        with tempfile.TemporaryDirectory(prefix=".tmp-write-", dir=path.parent) as tmp_dir:
-            staged = Path(tmp_dir) / path.name
-            sitk.WriteImage(to_itk(array, geometry), str(staged), useCompression=compress)
-            header_last = sorted(Path(tmp_dir).iterdir(), key=lambda p: p.name == path.name)
-            for produced in header_last:
-                os.replace(produced, path.parent / produced.name)
+        with staging_folder(path.parent) as staging:
+            staged = staging / path.name
+            with _native_stderr_captured() as native:
+                sitk.WriteImage(to_itk(array, geometry), str(staged), useCompression=compress)
+            if ext in (".nii", ".nii.gz"):
+                _check_nifti(staged, array.nbytes)
     except (RuntimeError, OSError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ImageWriteError(f"{path}: cannot write image ({reason[:200]}); check space and permissions") from exc
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else failure_reason(exc)
+        if native:
+            reason = f"{reason}; {native[0][:150]}"
+        raise ImageWriteError(f"{path}: cannot write image ({reason}); check free space and permissions") from exc
+    for line in native:
+        log.debug("%s: %s", path, line)
     return path

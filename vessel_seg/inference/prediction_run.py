@@ -5,7 +5,9 @@ file (case id = file name without extension and without a ``_0000`` suffix), or 
 folder (case id = folder name, output ``CASE.nii.gz``). Outputs keep the input's format and
 geometry. Per case, extra outputs (probabilities, mesh, centerline, preview) are written first and
 the mask last, so a case counts as done once its mask exists: a killed run leaves no partial file
-and a rerun predicts only the cases without a mask.
+under a real name and a rerun predicts only the cases without a mask (and removes the hidden
+temporaries that killed runs left, once they are an hour old). Every case's headers are checked
+against the model before the first prediction, so a bad input stops the run before any output.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from vessel_seg.atomic import remove_stale_temporaries
 from vessel_seg.errors import DatasetError, ImageWriteError, VesselSegError
 from vessel_seg.imageio import (
     ImageGeometry,
@@ -32,6 +35,7 @@ from vessel_seg.imageio import (
     write_image,
 )
 from vessel_seg.inference.ensemble import PROBABILITY_SUFFIX, save_probabilities
+from vessel_seg.inference.input_checks import check_case_headers, check_channel_files
 from vessel_seg.inference.predictor import (
     TrainedModel,
     labels_from_original_probabilities,
@@ -96,7 +100,10 @@ def find_input_cases(path: str | Path, num_channels: int) -> list[InputCase]:
         files = [path.parent / f"{case_id}_{c:04d}{path.name[-len(ending):]}" for c in range(num_channels)]
         missing = [f for f in files if not f.is_file()]
         if missing:
-            raise DatasetError(f"{missing[0]}: channel file of case {case_id!r} is missing (the model needs {num_channels})")
+            raise DatasetError(
+                f"{missing[0]}: channel file of case {case_id!r} is missing (the model expects {num_channels} "
+                "channels); add the file"
+            )
         return [InputCase(case_id, files, ending)]
     images = [p for p in sorted(path.iterdir()) if p.is_file() and not p.name.startswith(".") and image_extension(p)]
     if not images:
@@ -111,14 +118,27 @@ def find_input_cases(path: str | Path, num_channels: int) -> list[InputCase]:
         by_case.setdefault(match["case"], {})[int(match["channel"])] = image
     cases = []
     for case_id, channels in sorted(by_case.items()):
-        if sorted(channels) != list(range(num_channels)):
+        ending = image_extension(next(iter(channels.values()))) or ""
+        missing = [c for c in range(num_channels) if c not in channels]
+        if missing:
             raise DatasetError(
-                f"{path}: case {case_id!r} has channel(s) {sorted(channels)} but the model expects "
-                f"{list(range(num_channels))}; give one CASE_NNNN file per model channel"
+                f"{path / f'{case_id}_{missing[0]:04d}{ending}'}: channel {missing[0]} of case {case_id!r} is missing "
+                f"(the model expects channels {list(range(num_channels))}); add the file or remove the case"
             )
-        files = [channels[c] for c in range(num_channels)]
-        cases.append(InputCase(case_id, files, image_extension(files[0]) or ""))
+        # Files in channel order; channels beyond the model's are kept so that the check names them.
+        files = [channels[c] for c in sorted(channels)]
+        cases.append(InputCase(case_id, files, ending))
     return cases
+
+
+def check_inputs(models: Sequence[TrainedModel], cases: Sequence[InputCase]) -> None:
+    """Header checks of every case against the models before any prediction (see ``input_checks``)."""
+    model_dims = {m.name: m.config.dim for m in models}
+    num_channels = models[0].info.num_channels
+    for case in cases:
+        check_channel_files(case.case_id, case.files, num_channels, models[0].name)
+        if not case.dicom:
+            check_case_headers(case.files, model_dims)
 
 
 def ensure_writable(folder: str | Path) -> Path:
@@ -141,21 +161,24 @@ def _write_extras(
     case: InputCase, images: np.ndarray, seg: np.ndarray, geometry: ImageGeometry, output_dir: Path, options: PredictionOptions
 ) -> None:
     """Surface mesh, centerline graph and MIP preview of the foreground (all labels > 0)."""
-    from vessel_seg.inference.centerline import extract_centerline, save_centerline
-    from vessel_seg.inference.preview import save_mip_preview
-    from vessel_seg.inference.surface_mesh import mask_to_surface, write_surface
-
+    # Imported only when asked for: matplotlib and the graph tools cost about a second per process.
     mask = seg > 0
     if (options.mesh or options.centerline) and not mask.any():
         log.warning("%s: no vessel predicted, so no surface mesh or centerline was written", case.case_id)
     elif options.mesh:
+        from vessel_seg.inference.surface_mesh import mask_to_surface, write_surface
+
         surface = mask_to_surface(mask, geometry)
         write_surface(surface, output_dir / f"{case.case_id}.vtp")
         write_surface(surface, output_dir / f"{case.case_id}.stl")
     if options.centerline and mask.any():
+        from vessel_seg.inference.centerline import extract_centerline, save_centerline
+
         graph = extract_centerline(mask, geometry)
         save_centerline(graph, output_dir / f"{case.case_id}_centerline.json", output_dir / f"{case.case_id}_centerline.vtp")
     if options.preview:
+        from vessel_seg.inference.preview import save_mip_preview
+
         save_mip_preview(images[0], seg, geometry, output_dir / f"{case.case_id}_preview.png", title=case.case_id)
 
 
@@ -205,14 +228,22 @@ def predict_cases(
         raise VesselSegError(f"models {', '.join(m.name for m in models)} have different labels; they cannot be ensembled")
     cases = find_input_cases(input_path, models[0].info.num_channels)
     output_dir = ensure_writable(output_dir)
+    remove_stale_temporaries(output_dir)
     todo = [c for c in cases if options.overwrite or not _case_outputs(c, output_dir).exists()]
     if len(todo) < len(cases):
         log.info("%d of %d case(s) already predicted in %s, skipped (use --overwrite to redo)", len(cases) - len(todo), len(cases), output_dir)
+    check_inputs(models, todo)
     seconds: dict[str, float] = {}
     with tqdm(total=len(todo), desc="predicting", unit="case", disable=None) as bar:
         for case in todo:
             start = time.perf_counter()
-            predict_case(models, case, output_dir, options)
+            try:
+                predict_case(models, case, output_dir, options)
+            except OSError as exc:  # a writer without its own message (mesh, preview): still one line
+                raise ImageWriteError(
+                    f"{output_dir}: cannot write the outputs of case {case.case_id!r} ({exc.strerror or exc}); "
+                    "check free space and permissions"
+                ) from exc
             seconds[case.case_id] = time.perf_counter() - start
             log.debug("%s: %.1f s", case.case_id, seconds[case.case_id])
             bar.update()

@@ -25,7 +25,7 @@ from vessel_seg.device import mixed_precision_enabled, select_device
 from vessel_seg.errors import CheckpointError, VesselSegError
 from vessel_seg.imageio import ImageGeometry
 from vessel_seg.inference.cascade import previous_stage_onehot, resample_for_next_stage
-from vessel_seg.inference.case_prediction import labels_from_probabilities, predict_probabilities
+from vessel_seg.inference.case_prediction import labels_from_probabilities, predict_labels, predict_probabilities
 from vessel_seg.model_folder import checkpoint_path, fold_name
 from vessel_seg.networks.resunet import build_network
 from vessel_seg.planners.plans import ConfigurationPlan, Plans
@@ -127,6 +127,38 @@ def check_input(model: TrainedModel, images: np.ndarray, geometry: ImageGeometry
         )
 
 
+def preprocess_for_model(
+    model: TrainedModel, images: np.ndarray, geometry: ImageGeometry, case_id: str = "case", use_tta: bool = True
+) -> tuple[np.ndarray, CaseProperties]:
+    """The network input of one raw image: preprocessed channels, plus for a cascade stage the
+    one-hot segmentation of the previous stage (predicted here, label map only).
+
+    Returns the float32 ``(C', Z', Y', X')`` input and the properties that map a prediction back.
+    ``images`` is only read; nothing here keeps a reference to it.
+    """
+    check_input(model, images, geometry, case_id)
+    data, _, props = preprocess_case(images, None, geometry, model.plans, model.config, case_id)
+    if model.previous_stage is not None:
+        low = model.previous_stage
+        low_data, low_props = preprocess_for_model(low, images, geometry, case_id, use_tta)
+        low_seg = _predict_labels(low, low_data, use_tta)
+        del low_data
+        seg = resample_for_next_stage(
+            low_seg, low_props.spacing, props.shape_after_resampling, props.spacing, model.label_values
+        )
+        del low_seg
+        data = np.concatenate([data, previous_stage_onehot(seg, model.label_values)])
+    return data, props
+
+
+def _predict_labels(model: TrainedModel, data: np.ndarray, use_tta: bool) -> np.ndarray:
+    """Label map in preprocessed space, streamed: no probability volume is allocated."""
+    return predict_labels(
+        model.networks, data, model.config, model.label_values, model.mirror_axes if use_tta else (),
+        model.device, amp=mixed_precision_enabled(model.device, True),
+    )
+
+
 def predict_preprocessed(
     model: TrainedModel, images: np.ndarray, geometry: ImageGeometry, case_id: str = "case", use_tta: bool = True
 ) -> tuple[torch.Tensor, CaseProperties]:
@@ -147,26 +179,22 @@ def predict_preprocessed(
     Returns
     -------
     probabilities : Tensor, (K, Z', Y', X'), float16
-        Fold-averaged softmax probabilities, one channel per label value in ascending order.
+        Fold-averaged softmax probabilities, one channel per label value in ascending order,
+        written slab by slab (no float32 volume is allocated).
     props : CaseProperties
         What it takes to map them back (see :func:`restore_to_original`).
     """
-    check_input(model, images, geometry, case_id)
-    data, _, props = preprocess_case(images, None, geometry, model.plans, model.config, case_id)
-    if model.previous_stage is not None:
-        low = model.previous_stage
-        low_probs, low_props = predict_preprocessed(low, images, geometry, case_id, use_tta)
-        low_seg = labels_from_probabilities(low_probs, low.label_values)
-        del low_probs
-        seg = resample_for_next_stage(
-            low_seg, low_props.spacing, props.shape_after_resampling, props.spacing, model.label_values
-        )
-        data = np.concatenate([data, previous_stage_onehot(seg, model.label_values)])
-    probs = predict_probabilities(
+    data, props = preprocess_for_model(model, images, geometry, case_id, use_tta)
+    del images  # freed here when the caller passed its only reference
+    return _predict_probabilities(model, data, use_tta), props
+
+
+def _predict_probabilities(model: TrainedModel, data: np.ndarray, use_tta: bool) -> torch.Tensor:
+    """Fold-averaged float16 probabilities in preprocessed space, written slab by slab."""
+    return predict_probabilities(
         model.networks, data, model.config, len(model.label_values), model.mirror_axes if use_tta else (),
-        model.device, amp=mixed_precision_enabled(model.device, True),
+        model.device, amp=mixed_precision_enabled(model.device, True), dtype=torch.float16,
     )
-    return probs.half(), props
 
 
 def predict_image(
@@ -177,13 +205,30 @@ def predict_image(
 
     Returns the label map in the input geometry (shape ``geometry.shape``, the dataset's label
     values) and the float16 class probabilities ``(K, Z', Y', X')`` in preprocessed space, or
-    ``None`` without ``keep_probabilities`` (they are then freed before the label map is resampled
-    back, which lowers peak memory on large volumes).
+    ``None`` without ``keep_probabilities``. Without them the labels are arg-maxed slab by slab
+    as the sliding window finishes each slab (the same labels: see
+    :func:`~vessel_seg.inference.case_prediction.predict_labels`), so no probability volume
+    exists, and the preprocessed input is freed before the label map is resampled back.
+
+    ``images`` is not used after preprocessing: a caller that passes its only reference (e.g.
+    ``predict_image(model, holder.pop(), ...)``) gets the raw image freed before the sliding window.
+
+    Peak memory without probabilities, in float32 copies ``V`` of the original volume (``r`` =
+    preprocessed / original voxel count, ``C`` channels): the raw ``images`` (``C V``, unless
+    released as above) plus the larger of preprocessing (see
+    :func:`~vessel_seg.planners.preprocessing.preprocess_case`) and prediction (``C r V`` input +
+    ``r V / 4`` uint8 labels + rolling slabs), then the restore (``r V / 4`` + ``V / 2`` of uint8
+    label maps + a slab).
     """
-    probs, props = predict_preprocessed(model, images, geometry, case_id, use_tta)
-    seg = labels_from_probabilities(probs, model.label_values)
-    if not keep_probabilities:
+    data, props = preprocess_for_model(model, images, geometry, case_id, use_tta)
+    del images  # freed here when the caller passed its only reference (see the docstring)
+    if keep_probabilities:
+        probs = _predict_probabilities(model, data, use_tta)
+        seg = labels_from_probabilities(probs, model.label_values)
+    else:
+        seg = _predict_labels(model, data, use_tta)
         probs = None
+    del data  # the restore below allocates original-size arrays; the input is no longer needed
     restored = restore_to_original(seg, props, is_label=True, labels=model.label_values[1:])
     return restored, probs
 

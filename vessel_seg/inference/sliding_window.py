@@ -2,13 +2,15 @@
 
 Works on one case ``(C, Z, Y, X)`` for both 3D networks and 2D networks: a 2D network sees tiles of
 shape ``(1, py, px)`` with the singleton z axis squeezed away, so one code path covers both and
-tiles of different slices share a forward pass.
+tiles of different slices share a forward pass. The weighted sums live in a rolling buffer of
+``patch_z`` slices (:func:`iter_logit_slabs`), so nothing volume-sized is allocated except what
+the caller asks for.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -79,15 +81,49 @@ def predict_logits(
         data: ``(C, Z, Y, X)`` preprocessed image.
         patch_size: tile size, ``(z, y, x)`` for 3D or ``(y, x)`` for 2D networks.
         num_classes: output channels of the network.
-        step: tile step as a fraction of the patch size (0.5 = half-overlapping tiles).
+        step: tile step as a fraction of the patch size, in ``(0, 1]`` (0.5 = half-overlapping tiles).
         mirror_axes: spatial axes (0=z, 1=y, 2=x) to mirror for test-time augmentation; the
             prediction is the mean over all flip combinations.
         tiles_per_batch: tiles sent through the network together.
         amp: autocast (fp16 on CUDA, bf16 on CPU).
 
     Returns:
-        float32 logits ``(num_classes, Z, Y, X)``.
+        float32 logits ``(num_classes, Z, Y, X)``, assembled from :func:`iter_logit_slabs`; the
+        only volume-sized allocation is this result.
     """
+    out = torch.empty((num_classes, *data.shape[1:]), dtype=torch.float32)
+    for z, slab in iter_logit_slabs(network, data, patch_size, num_classes, step, mirror_axes, tiles_per_batch, device, amp):
+        out[:, z] = slab
+    return out
+
+
+@torch.inference_mode()
+def iter_logit_slabs(
+    network: nn.Module,
+    data: torch.Tensor | np.ndarray,
+    patch_size: Sequence[int],
+    num_classes: int,
+    step: float = 0.5,
+    mirror_axes: Sequence[int] = (),
+    tiles_per_batch: int = 4,
+    device: torch.device | str = "cpu",
+    amp: bool = False,
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """The logits of :func:`predict_logits` as consecutive z-slabs, each final when yielded.
+
+    Tiles are visited in raster order (z outermost). Once every tile starting at or below a z
+    index has been added, the slices below the next tile's start receive no further contribution,
+    so they are divided by their weight sum and yielded. The weighted sums therefore live in a
+    rolling buffer of ``patch_z`` slices, not in volume-sized accumulators; every voxel's sum is
+    formed from the same tiles in the same order as with whole-volume accumulators, so the values
+    are identical. Arguments as for :func:`predict_logits`.
+
+    Yields:
+        ``(z, logits)``: a slice of z indices of ``data`` (consecutive slabs cover ``0..Z`` once,
+        in order) and float32 CPU logits ``(num_classes, z.stop - z.start, Y, X)``.
+    """
+    if not 0 < step <= 1:
+        raise ValueError(f"step must be in (0, 1] so that tiles leave no gap, got {step}")
     device = torch.device(device)
     if not isinstance(data, torch.Tensor):
         array = np.asarray(data, dtype=np.float32)
@@ -96,7 +132,7 @@ def predict_logits(
         data = torch.from_numpy(array if array.flags.writeable else array.copy())
     data = data.float()
     squeeze_z = len(patch_size) == 2
-    patch = (1, *patch_size) if squeeze_z else tuple(patch_size)
+    patch = (1, *patch_size) if squeeze_z else tuple(int(p) for p in patch_size)
     spatial = tuple(data.shape[1:])
     pad = [max(p - s, 0) for p, s in zip(patch, spatial, strict=True)]
     if any(pad):
@@ -104,10 +140,21 @@ def predict_logits(
         data = torch.nn.functional.pad(data, pad_arg)
     padded = tuple(data.shape[1:])
     weights = gaussian_importance(patch).to(device)
-    accum, norm = _accumulators(num_classes, padded, device)
+    accum, norm = _accumulators(num_classes, (patch[0], *padded[1:]), device)
     weights_acc = weights.to(accum.device)
     flips = mirror_combinations(mirror_axes)
     starts = list(itertools.product(*tile_starts(padded, patch, step)))
+    first_z = pad[0] // 2  # the image's slices in padded coordinates: first_z .. first_z + spatial[0]
+    in_plane = tuple(slice(p // 2, p // 2 + s) for p, s in zip(pad[1:], spatial[1:], strict=True))
+
+    def finished(lo: int, hi: int) -> Iterator[tuple[slice, torch.Tensor]]:
+        """Yield padded slices ``lo..hi`` (buffer rows ``0..hi - lo``) clipped to the image."""
+        a, b = max(lo, first_z), min(hi, first_z + spatial[0])
+        if a < b:
+            logits = accum[:, a - lo : b - lo] / norm[a - lo : b - lo]
+            yield slice(a - first_z, b - first_z), logits[(slice(None), slice(None), *in_plane)].cpu()
+
+    lo = 0  # padded z index of buffer row 0; slices below it have been yielded
     for first in range(0, len(starts), tiles_per_batch):
         chunk = starts[first : first + tiles_per_batch]
         slices = [tuple(slice(s, s + p) for s, p in zip(start, patch, strict=True)) for start in chunk]
@@ -119,18 +166,29 @@ def predict_logits(
                 pred = torch.flip(pred, dims) if dims else pred
                 out = pred.float() if out is None else out + pred.float()
         out = (out / len(flips) * weights).to(accum.device)
-        for i, sl in enumerate(slices):
-            accum[(slice(None), *sl)] += out[i]
-            norm[sl] += weights_acc
-    accum /= norm  # in place: the volume-sized buffers are the memory that matters for large scans
-    del norm
-    if any(pad):
-        accum = accum[(slice(None), *(slice(p // 2, p // 2 + s) for p, s in zip(pad, spatial, strict=True)))]
-    return accum.cpu()
+        for i, start in enumerate(chunk):
+            if start[0] > lo:  # every tile starting below start[0] is done: slices lo..start[0] are final
+                yield from finished(lo, start[0])
+                _shift(accum, norm, start[0] - lo)
+                lo = start[0]
+            # after the shift every tile begins at buffer row 0 (starts along z differ by <= patch_z)
+            buffer_sl = (slice(0, patch[0]), *slices[i][1:])
+            accum[(slice(None), *buffer_sl)] += out[i]
+            norm[buffer_sl] += weights_acc
+    yield from finished(lo, padded[0])
+
+
+def _shift(accum: torch.Tensor, norm: torch.Tensor, rows: int) -> None:
+    """Move the rolling buffers ``rows`` slices down (towards row 0) and zero the freed rows."""
+    keep = accum.shape[1] - rows
+    accum[:, :keep] = accum[:, rows:].clone()  # clone: source and target overlap
+    accum[:, keep:] = 0
+    norm[:keep] = norm[rows:].clone()
+    norm[keep:] = 0
 
 
 def _accumulators(num_classes: int, shape: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gaussian-weighted sums, on the GPU when they fit there (no per-tile copies back), else on the CPU."""
+    """Gaussian-weighted sums of one slab, on the GPU when they fit there (no per-tile copies back), else on the CPU."""
     if device.type == "cuda":
         try:
             return (

@@ -31,6 +31,7 @@ case, pooled).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -46,6 +47,7 @@ from vessel_seg.errors import DatasetError, PlansError
 from vessel_seg.imageio import read_image, read_label
 from vessel_seg.planners.cropping import nonzero_bbox
 from vessel_seg.planners.plans import ChannelIntensity
+from vessel_seg.planners.verify import label_problem
 from vessel_seg.serialization import from_dict, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -231,8 +233,14 @@ def vessel_radii(mask: np.ndarray, spacing: list[float]) -> np.ndarray:
     return distance[skeleton].astype(np.float32)
 
 
-def fingerprint_case(case: Case, seed: int = 0) -> tuple[CaseFingerprint, list[np.ndarray], np.ndarray]:
-    """Fingerprint one case.
+def fingerprint_case(
+    case: Case, seed: int = 0, declared_labels: Sequence[int] | None = None
+) -> tuple[CaseFingerprint, list[np.ndarray], np.ndarray]:
+    """Fingerprint one case, after checking that its label fits the image.
+
+    The label must have the image's shape and geometry and, when ``declared_labels`` is given, hold
+    only those values; otherwise :class:`DatasetError` names the label file. Checking here, where
+    every case is read first, stops a bad dataset before any fingerprint or plan is written.
 
     Returns
     -------
@@ -243,12 +251,16 @@ def fingerprint_case(case: Case, seed: int = 0) -> tuple[CaseFingerprint, list[n
         At most :data:`SAMPLES_PER_CASE` random skeleton radii in mm.
     """
     images, geometry = read_image(case.images)
-    label, _ = read_label(case.label)
+    label, label_geometry = read_label(case.label)
     if tuple(label.shape) != tuple(images.shape[1:]):
         raise DatasetError(
             f"{case.label}: label shape {tuple(label.shape)} differs from image shape {tuple(images.shape[1:])}; "
             "label and image must cover the same voxels"
         )
+    declared = declared_labels if declared_labels is not None else np.unique(label).tolist()
+    problem = label_problem(case.label, label, label_geometry, case.images[0], geometry, declared)
+    if problem is not None:
+        raise DatasetError(problem)
     rng = np.random.default_rng(seed)
     bbox = nonzero_bbox(images)
     shape_after_crop = [b - a for a, b in bbox]
@@ -277,7 +289,7 @@ def fingerprint_case(case: Case, seed: int = 0) -> tuple[CaseFingerprint, list[n
     return fingerprint, samples, radii[radius_keep]
 
 
-def _fingerprint_job(args: tuple[Case, int]) -> tuple[CaseFingerprint, list[np.ndarray], np.ndarray]:
+def _fingerprint_job(args: tuple[Case, int, list[int]]) -> tuple[CaseFingerprint, list[np.ndarray], np.ndarray]:
     return fingerprint_case(*args)
 
 
@@ -294,7 +306,8 @@ def extract_fingerprint(raw_dataset_dir: str | Path, num_workers: int = 1) -> Da
     """
     raw_dataset_dir = Path(raw_dataset_dir)
     info, cases = training_cases(raw_dataset_dir)
-    jobs = [(case, index) for index, case in enumerate(cases)]
+    declared = sorted(info.labels.values())
+    jobs = [(case, index, declared) for index, case in enumerate(cases)]
     if num_workers > 1 and len(cases) > 1:
         # spawn: forking a process that holds threads (BLAS, torch) can deadlock
         with ProcessPoolExecutor(min(num_workers, len(cases)), mp_context=get_context("spawn")) as pool:

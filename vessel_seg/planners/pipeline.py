@@ -74,14 +74,15 @@ def plan_and_preprocess(
             raise DatasetProblems(raw_dir, problems)
         log.info("verify: %s is consistent (%.1f s)", name, seconds["verify"])
     info = DatasetInfo.load(raw_dir / "dataset.json")
-    out_dir.mkdir(parents=True, exist_ok=True)
     fingerprint_path = out_dir / "fingerprint.json"
     start = time.perf_counter()
     if fingerprint_path.is_file():
         fingerprint = DatasetFingerprint.load(fingerprint_path)
         log.info("fingerprint: reusing %s", fingerprint_path)
     else:
+        # Reads and checks every case; the output folder appears only once the dataset passed.
         fingerprint = extract_fingerprint(raw_dir, num_workers=num_workers)
+        out_dir.mkdir(parents=True, exist_ok=True)
         fingerprint.save(fingerprint_path)
     seconds["fingerprint"] = time.perf_counter() - start
     shutil.copyfile(raw_dir / "dataset.json", out_dir / "dataset.json")

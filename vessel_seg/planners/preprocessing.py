@@ -36,6 +36,7 @@ from vessel_seg.planners.resampling import (
     resample_label_to_shape,
     resample_to_shape,
 )
+from vessel_seg.planners.verify import label_problem
 
 log = logging.getLogger(__name__)
 
@@ -244,17 +245,9 @@ def _run_job(job: _Job) -> str:
     label = None
     if case.label is not None:
         label, label_geometry = read_label(case.label)
-        if (problem := geometry.mismatch(label_geometry)) is not None:
-            raise DatasetError(
-                f"{case.label}: label geometry differs from image {case.images[0]} ({problem}); "
-                "check with vs_plan_and_preprocess --verify"
-            )
-        undeclared = sorted(set(np.unique(label).tolist()) - set(job.plans.labels.values()))
-        if undeclared:
-            raise DatasetError(
-                f"{case.label}: label values {undeclared} are not declared in dataset.json 'labels'; "
-                "fix the label or dataset.json"
-            )
+        declared = job.plans.labels.values()
+        if (problem := label_problem(case.label, label, label_geometry, case.images[0], geometry, declared)) is not None:
+            raise DatasetError(problem)
     data, seg, props = preprocess_case(images, label, geometry, job.plans, job.config, case.case_id)
     case_store.save_case(job.out_dir, data, seg, props)
     return case.case_id

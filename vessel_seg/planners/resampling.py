@@ -38,6 +38,8 @@ from scipy import ndimage
 
 log = logging.getLogger(__name__)
 
+LABEL_SLAB_VOXELS = 1 << 22  # output voxels per slab of label resampling (16 MB per float32 work array)
+
 
 def compute_new_shape(
     shape: Sequence[int], current_spacing: Sequence[float], target_spacing: Sequence[float]
@@ -93,12 +95,21 @@ def separate_axis(
     return axis
 
 
-def _zoom(volume: np.ndarray, new_shape: Sequence[int], order: int) -> np.ndarray:
-    """Resize a float32 array to ``new_shape`` with a spline of ``order`` (cell convention)."""
+def _zoom(volume: np.ndarray, new_shape: Sequence[int], order: int, output: np.ndarray | None = None) -> np.ndarray:
+    """Resize a float32 array to ``new_shape`` with a spline of ``order`` (cell convention).
+
+    ``output`` (float32, ``new_shape``, C-contiguous) receives the result without a temporary volume.
+    """
     if tuple(volume.shape) == tuple(new_shape):
-        return volume.astype(np.float32, copy=True)
+        if output is None:
+            return volume.astype(np.float32, copy=True)
+        output[...] = volume
+        return output
     factors = [n / o for n, o in zip(new_shape, volume.shape, strict=True)]
-    out = ndimage.zoom(volume, factors, order=order, mode="nearest", grid_mode=True, prefilter=order > 1)
+    if output is not None and not output.flags.c_contiguous:
+        output[...] = _zoom(volume, new_shape, order)
+        return output
+    out = ndimage.zoom(volume, factors, output=output, order=order, mode="nearest", grid_mode=True, prefilter=order > 1)
     if out.shape != tuple(new_shape):  # guard against rounding in scipy's own shape computation
         raise RuntimeError(f"zoom produced {out.shape}, expected {tuple(new_shape)}")
     return out
@@ -115,7 +126,7 @@ def _resample_volume(
     """Resample one ``(Z, Y, X)`` volume into ``out`` (already of ``new_shape``)."""
     volume = volume.astype(np.float32, copy=False)  # scipy has no float16 kernels
     if axis is None:
-        out[...] = _zoom(volume, new_shape, order)
+        _zoom(volume, new_shape, order, out)  # straight into ``out``: no second output-sized array
         return
     src = np.moveaxis(volume, axis, 0)
     dst = np.moveaxis(out, axis, 0)
@@ -207,6 +218,7 @@ def resample_label_to_shape(
     labels: Sequence[int],
     order: int = 1,
     anisotropy_threshold: float = 3.0,
+    slab_voxels: int = LABEL_SLAB_VOXELS,
 ) -> np.ndarray:
     """Resample a ``(Z, Y, X)`` label map to an exact shape through one-hot interpolation.
 
@@ -224,12 +236,26 @@ def resample_label_to_shape(
         Interpolation order of each indicator map; 0 means plain nearest neighbour.
     anisotropy_threshold : float
         As for :func:`resample_to_shape`.
+    slab_voxels : int
+        Output voxels per slab of z-slices (see below); any value gives the same result.
 
     Returns
     -------
     ndarray, new_shape
         uint8 (int16 when a label exceeds 255). Each voxel holds the label whose interpolated
         indicator is highest; background wins only when strictly higher.
+
+    Notes
+    -----
+    With ``order <= 1`` and z either the separate axis or interpolated jointly with y and x, the
+    output is built in slabs of z-slices: each output slice is a weighted sum of the in-plane
+    resampling of the one or two input slices it reads (nearest neighbour along a separate z,
+    linear otherwise, with the weights of scipy's cell-centred zoom), and only those input slices
+    are converted to indicators. This is the same tensor-product interpolation as a whole-volume
+    zoom (equal up to float rounding), and every slice depends on its own input slices only, so
+    the result does not depend on ``slab_voxels`` and no output-sized float array exists: the
+    memory is the uint8 result plus a slab. Other cases (a coarse y or x axis that changes size, ``order > 1``)
+    interpolate each label over the whole volume (three float32 volumes of the output size).
     """
     if seg.ndim != 3:
         raise ValueError(f"expected a (Z, Y, X) label map, got shape {seg.shape}")
@@ -237,14 +263,106 @@ def resample_label_to_shape(
     foreground = sorted({int(v) for v in labels if int(v) != 0})
     dtype = np.uint8 if not foreground or max(foreground) < 256 else np.int16
     if tuple(seg.shape) == new_shape:
-        keep = np.isin(seg, foreground)
-        return np.where(keep, seg, 0).astype(dtype)
+        return _keep_labels(seg, foreground, dtype, slab_voxels)
     if order == 0:
         index = [_nearest_indices(o, n) for o, n in zip(seg.shape, new_shape, strict=True)]
-        picked = seg[np.ix_(*index)]
-        return np.where(np.isin(picked, foreground), picked, 0).astype(dtype)
+        return _keep_labels(seg[np.ix_(*index)], foreground, dtype, slab_voxels)
     axis = separate_axis(current_spacing, target_spacing, anisotropy_threshold, seg.shape, new_shape)
+    if axis in (1, 2) and seg.shape[axis] == new_shape[axis]:
+        axis = None  # an axis that keeps its size is not interpolated: the joint slab path is the same
+    if order > 1 or axis in (1, 2):
+        return _labels_whole_volume(seg, new_shape, foreground, dtype, order, axis)
+    taps = _z_taps(seg.shape[0], new_shape[0], linear=axis is None)
+    out = np.empty(new_shape, dtype)
+    step = max(1, slab_voxels // max(1, new_shape[1] * new_shape[2]))
+    for z0 in range(0, new_shape[0], step):
+        rows = taps[z0 : z0 + step]
+        needed = sorted({i for row in rows for i, _ in row})
+        position = {i: n for n, i in enumerate(needed)}
+        source = seg[needed]  # the input slices this slab reads (a copy, of uint8 size)
+        out[z0 : z0 + len(rows)] = _labels_of_slab(source, rows, position, new_shape[1:], foreground, dtype, order)
+    return out
 
+
+def _keep_labels(seg: np.ndarray, foreground: list[int], dtype: type, slab_voxels: int) -> np.ndarray:
+    """``seg`` with values outside ``foreground`` set to 0, as ``dtype``, in z-slabs.
+
+    ``np.isin`` and ``np.where`` on a whole volume allocate several bytes per voxel (index and
+    mask arrays); slab by slab the transient is a slab.
+    """
+    out = np.empty(seg.shape, dtype)
+    step = max(1, slab_voxels // max(1, int(np.prod(seg.shape[1:]))))
+    for z0 in range(0, seg.shape[0], step):
+        slab = seg[z0 : z0 + step]
+        out[z0 : z0 + step] = np.where(np.isin(slab, foreground), slab, 0)
+    return out
+
+
+def _z_taps(old: int, new: int, linear: bool) -> list[list[tuple[int, float]]]:
+    """Per output z-slice, the input slices it reads and their weights.
+
+    Nearest neighbour picks one slice (weight 1). Linear uses scipy's cell-centred coordinate
+    ``(k + 0.5) * old / new - 0.5`` clamped to the volume (mode ``"nearest"``) and the two
+    neighbouring slices with weights ``1 - t`` and ``t``.
+    """
+    if old == new:
+        return [[(k, 1.0)] for k in range(new)]
+    if not linear:
+        return [[(int(j), 1.0)] for j in _nearest_indices(old, new)]
+    zoom = old / new
+    taps = []
+    for k in range(new):
+        c = min(max((k + 0.5) * zoom - 0.5, 0.0), old - 1.0)
+        i = min(int(np.floor(c)), old - 1)
+        t = c - i
+        taps.append([(i, 1.0 - t), (min(i + 1, old - 1), t)] if t > 0 else [(i, 1.0)])
+    return taps
+
+
+def _labels_of_slab(
+    source: np.ndarray,
+    rows: list[list[tuple[int, float]]],
+    position: dict[int, int],
+    plane_shape: tuple[int, int],
+    foreground: list[int],
+    dtype: type,
+    order: int,
+) -> np.ndarray:
+    """Labels of the output slices ``rows`` (see :func:`_z_taps`) from the input slices ``source``."""
+    shape = (len(rows), *plane_shape)
+    best_value = np.zeros(shape, np.float32)
+    best_label = np.zeros(shape, dtype)
+    total = np.zeros(shape, np.float32)
+    # float64 planes: the value is rounded to float32 once, after the z weights, as scipy's joint
+    # interpolation does, so ties at exactly 0.5 coverage come out the same.
+    plane = np.empty((source.shape[0], *plane_shape), np.float64)
+    for value in foreground:
+        indicator = (source == value).astype(np.float32)
+        for n in range(source.shape[0]):
+            _zoom_plane(indicator[n], plane_shape, order, plane[n])
+        channel = np.stack([sum(w * plane[position[i]] for i, w in row) for row in rows]).astype(np.float32)
+        total += channel
+        better = channel > best_value  # ties between labels go to the lower value
+        best_value[better] = channel[better]
+        best_label[better] = value
+    background = np.subtract(1.0, total, out=total)  # linear weights of a one-hot map sum to one
+    best_label[(best_value < background) | (best_value <= 0)] = 0
+    return best_label
+
+
+def _zoom_plane(plane: np.ndarray, new_shape: tuple[int, int], order: int, output: np.ndarray) -> None:
+    """In-plane resize of one float32 slice into the float64 ``output`` (cell convention, no prefilter)."""
+    if tuple(plane.shape) == tuple(new_shape):
+        output[...] = plane
+        return
+    factors = [n / o for n, o in zip(new_shape, plane.shape, strict=True)]
+    ndimage.zoom(plane, factors, output=output, order=order, mode="nearest", grid_mode=True, prefilter=False)
+
+
+def _labels_whole_volume(
+    seg: np.ndarray, new_shape: tuple[int, ...], foreground: list[int], dtype: type, order: int, axis: int | None
+) -> np.ndarray:
+    """One-hot resampling of each label over the whole volume (see :func:`resample_label_to_shape`)."""
     best_value = np.zeros(new_shape, np.float32)
     best_label = np.zeros(new_shape, dtype)
     total = np.zeros(new_shape, np.float32)

@@ -14,6 +14,7 @@ and reports all problems it finds, each line starting with the file concerned:
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,34 @@ from vessel_seg.errors import DatasetError, ImageReadError
 from vessel_seg.imageio import ImageGeometry, read_array, read_label
 
 log = logging.getLogger(__name__)
+
+
+def label_problem(
+    label_path: Path,
+    seg: np.ndarray,
+    label_geometry: ImageGeometry,
+    image_path: Path,
+    image_geometry: ImageGeometry,
+    declared: Iterable[int],
+) -> str | None:
+    """Why a label map does not fit its image or ``dataset.json``, as one line naming the label file.
+
+    Returns ``None`` when the label has the image's geometry (shape, spacing, origin and direction
+    within :meth:`ImageGeometry.mismatch`'s tolerance) and holds only ``declared`` values.
+    """
+    if (problem := image_geometry.mismatch(label_geometry)) is not None:
+        return (
+            f"{label_path}: label geometry differs from image {Path(image_path).name} ({problem}); "
+            "the label must lie on the image's voxel grid: resample or re-export it"
+        )
+    present = np.flatnonzero(np.bincount(seg.ravel())) if seg.size else np.array([], int)
+    undeclared = sorted(set(present.tolist()) - set(declared))
+    if undeclared:
+        return (
+            f"{label_path}: label values {undeclared} are not declared in dataset.json 'labels' "
+            f"(declared: {sorted(set(declared))}); fix the label or declare the values"
+        )
+    return None
 
 
 def _scan_images(folder: Path, info: DatasetInfo, problems: list[str]) -> dict[str, dict[int, Path]]:
@@ -71,15 +100,9 @@ def _check_case(
     except ImageReadError as exc:
         problems.append(str(exc))
         return
-    if reference is not None and (problem := reference[1].mismatch(label_geometry)) is not None:
-        problems.append(f"{label}: label geometry differs from image {reference[0].name} ({problem})")
-    values = np.flatnonzero(np.bincount(seg.ravel())) if seg.size else np.array([], int)
-    undeclared = sorted(set(values.tolist()) - declared)
-    if undeclared:
-        problems.append(
-            f"{label}: holds label values {undeclared} not declared in dataset.json 'labels' "
-            f"(declared: {sorted(declared)})"
-        )
+    image_path, image_geometry = reference if reference is not None else (label, label_geometry)
+    if (problem := label_problem(label, seg, label_geometry, image_path, image_geometry, declared)) is not None:
+        problems.append(problem)
 
 
 def verify_dataset(raw_dataset_dir: str | Path) -> list[str]:
