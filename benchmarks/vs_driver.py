@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -64,17 +62,16 @@ class TimedBatches:
 
 
 def _write_json(path: Path, content: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(content, handle, indent=2)
-    os.replace(tmp, path)
+    from vessel_seg.atomic import write_text_atomic
+
+    write_text_atomic(path, json.dumps(content, indent=2))
 
 
 def run_train(argv: list[str], timings: Path) -> int:
+    # vs_train's module sets the OpenMP wait policy before torch is imported, as when run as a command
+    from vessel_seg.cli import train as train_cli  # isort: skip
     import torch
 
-    from vessel_seg.cli import train as train_cli
     from vessel_seg.trainers import trainer as trainer_module
 
     records: list[dict] = []

@@ -13,17 +13,19 @@ import sys
 import time
 from pathlib import Path
 
-from vessel_seg.cli import configure_logging
-from vessel_seg.dataset_conversion.synthetic import generate_dataset
-from vessel_seg.evaluation.benchmark import benchmark_methods
-from vessel_seg.evaluation.evaluate import evaluate_folders, format_summary_table
-from vessel_seg.imageio import read_array
-from vessel_seg.inference.predictor import load_trained_model, predict_folder
-from vessel_seg.inference.preview import save_mip_preview
-from vessel_seg.paths import dataset_name, raw_root, results_root
-from vessel_seg.planners.pipeline import CPU_PLANS, plan_and_preprocess
-from vessel_seg.trainers.settings import TrainingSettings
-from vessel_seg.trainers.trainer import TrainingJob, train
+from vessel_seg.cli import configure_logging, sleep_idle_openmp_threads
+
+sleep_idle_openmp_threads()  # the demo trains with an augmentation worker; before torch is imported
+from vessel_seg.dataset_conversion.synthetic import generate_dataset  # noqa: E402
+from vessel_seg.evaluation.benchmark import benchmark_methods  # noqa: E402
+from vessel_seg.evaluation.evaluate import evaluate_folders, format_summary_table  # noqa: E402
+from vessel_seg.imageio import read_array  # noqa: E402
+from vessel_seg.inference.predictor import load_trained_model, predict_folder  # noqa: E402
+from vessel_seg.inference.preview import save_mip_preview  # noqa: E402
+from vessel_seg.paths import dataset_name, raw_root, results_root  # noqa: E402
+from vessel_seg.planners.pipeline import CPU_PLANS, plan_and_preprocess  # noqa: E402
+from vessel_seg.trainers.settings import TrainingSettings  # noqa: E402
+from vessel_seg.trainers.trainer import TrainingJob, train  # noqa: E402
 
 log = logging.getLogger("vessel_seg.demo")
 

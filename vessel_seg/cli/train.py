@@ -6,14 +6,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from vessel_seg.cli import run_cli
-from vessel_seg.device import DEVICES
-from vessel_seg.errors import VesselSegError
-from vessel_seg.model_folder import parse_fold
-from vessel_seg.planners.pipeline import DEFAULT_PLANS
-from vessel_seg.planners.plans import CONFIGURATIONS
-from vessel_seg.trainers.settings import LOSSES, OPTIMIZERS, TrainingSettings
-from vessel_seg.trainers.trainer import TrainingJob, train
+from vessel_seg.cli import run_cli, sleep_idle_openmp_threads
+
+sleep_idle_openmp_threads()  # before torch is imported below
+from vessel_seg.device import DEVICES  # noqa: E402
+from vessel_seg.errors import VesselSegError  # noqa: E402
+from vessel_seg.model_folder import parse_fold  # noqa: E402
+from vessel_seg.planners.pipeline import DEFAULT_PLANS  # noqa: E402
+from vessel_seg.planners.plans import CONFIGURATIONS  # noqa: E402
+from vessel_seg.trainers.settings import LOSSES, OPTIMIZERS, TrainingSettings  # noqa: E402
+from vessel_seg.trainers.trainer import TrainingJob, train  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -200,7 +200,8 @@ def read_image(paths: str | Path | Sequence[str | Path]) -> tuple[np.ndarray, Im
         elif (problem := geometry.mismatch(geo)) is not None:
             raise ImageReadError(f"{path}: channel geometry differs from {paths[0]} ({problem})")
         arrays.append(data.astype(np.float32, copy=False))
-    return np.stack(arrays), geometry
+    # One channel: a view with a new axis, not a stacked copy (a volume less while reading).
+    return (arrays[0][None] if len(arrays) == 1 else np.stack(arrays)), geometry
 
 
 def read_label(path: str | Path) -> tuple[np.ndarray, ImageGeometry]:

@@ -158,7 +158,8 @@ def _case_outputs(case: InputCase, output_dir: Path) -> Path:
 
 
 def _write_extras(
-    case: InputCase, images: np.ndarray, seg: np.ndarray, geometry: ImageGeometry, output_dir: Path, options: PredictionOptions
+    case: InputCase, preview_image: np.ndarray | None, seg: np.ndarray, geometry: ImageGeometry, output_dir: Path,
+    options: PredictionOptions,
 ) -> None:
     """Surface mesh, centerline graph and MIP preview of the foreground (all labels > 0)."""
     # Imported only when asked for: matplotlib and the graph tools cost about a second per process.
@@ -179,7 +180,7 @@ def _write_extras(
     if options.preview:
         from vessel_seg.inference.preview import save_mip_preview
 
-        save_mip_preview(images[0], seg, geometry, output_dir / f"{case.case_id}_preview.png", title=case.case_id)
+        save_mip_preview(preview_image, seg, geometry, output_dir / f"{case.case_id}_preview.png", title=case.case_id)
 
 
 def _postprocess(seg: np.ndarray, probs: np.ndarray | None, geometry: ImageGeometry, labels: list[int], recipe: Any) -> np.ndarray:
@@ -198,18 +199,23 @@ def predict_case(
 ) -> None:
     """Predict one case and write its outputs (extras first, the mask last)."""
     images, geometry = case.read()
+    preview_image = images[0] if options.preview else None
+    # Hand the predictor the only reference to the raw image, so it can free it once preprocessed
+    # (one volume less at the peak); the preview keeps its own channel view.
+    handed_over = [images]
+    del images
     labels = models[0].label_values
     probs = None
     if len(models) == 1 and not options.save_probabilities:
-        seg, _ = predict_image(models[0], images, geometry, case.case_id, options.use_tta, keep_probabilities=False)
+        seg, _ = predict_image(models[0], handed_over.pop(), geometry, case.case_id, options.use_tta, keep_probabilities=False)
     else:
-        probs = predict_original_probabilities(models, images, geometry, case.case_id, options.use_tta)
+        probs = predict_original_probabilities(models, handed_over.pop(), geometry, case.case_id, options.use_tta)
         seg = labels_from_original_probabilities(probs, labels)
     seg = _postprocess(seg, probs, geometry, labels, options.recipe)
     if options.save_probabilities:
         save_probabilities(output_dir / f"{case.case_id}{PROBABILITY_SUFFIX}", probs, labels, geometry, case.file_ending)
     del probs
-    _write_extras(case, images, seg, geometry, output_dir, options)
+    _write_extras(case, preview_image, seg, geometry, output_dir, options)
     write_image(seg, geometry, _case_outputs(case, output_dir))
 
 

@@ -76,8 +76,7 @@ def normalize(
             np.clip(channel, stats.percentile_00_5, stats.percentile_99_5, out=channel)
             mean, std = stats.mean, stats.std
         elif scheme == "zscore":
-            mean = float(channel.mean(dtype=np.float64))
-            std = float(channel.std(dtype=np.float64))
+            mean, std = _mean_std(channel)
         else:
             raise PlansError(
                 f"unknown normalisation scheme {scheme!r} for channel {c}; use one of {', '.join(SCHEMES)}"
@@ -85,3 +84,19 @@ def normalize(
         channel -= np.float32(mean)
         channel /= np.float32(max(std, _EPS))
     return out
+
+
+def _mean_std(channel: np.ndarray, slab_voxels: int = 1 << 22) -> tuple[float, float]:
+    """Mean and standard deviation in float64, accumulated over z-slabs.
+
+    ``ndarray.std`` would materialise a float64 copy of the whole channel (two float32 volumes).
+    Two passes (mean, then squared deviations) keep the result as accurate as numpy's.
+    """
+    flat = channel.reshape(channel.shape[0], -1)
+    rows = max(1, slab_voxels // max(flat.shape[1], 1))
+    total = sum(float(flat[i : i + rows].sum(dtype=np.float64)) for i in range(0, flat.shape[0], rows))
+    mean = total / max(channel.size, 1)
+    squares = sum(
+        float(np.square(flat[i : i + rows].astype(np.float64) - mean).sum()) for i in range(0, flat.shape[0], rows)
+    )
+    return mean, (squares / max(channel.size, 1)) ** 0.5
