@@ -22,7 +22,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -210,13 +209,9 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+def vessel_seg_roots(work: Path) -> dict[str, str]:
+    """``VS_RAW`` / ``VS_PREPROCESSED`` / ``VS_RESULTS`` of a private tree under ``work``."""
+    return {f"VS_{n.upper()}": str(work / n) for n in ("raw", "preprocessed", "results")}
 
 
 # ---------------------------------------------------------------- tools and machine

@@ -7,7 +7,9 @@ import json
 import statistics
 from pathlib import Path
 
-from bench_common import BenchmarkReport, Measurement, write_atomic
+from bench_common import BenchmarkReport, Measurement
+
+from vessel_seg.atomic import write_text_atomic
 
 # (ours, nnU-Net) measurement names whose ratios are reported.
 RATIO_PAIRS = (("ours_cpu", "nnunet"), ("ours_gpu", "nnunet"), ("ours_cpu_verify", "nnunet_verify"),
@@ -163,6 +165,6 @@ def write_report(report: BenchmarkReport, out_dir: Path) -> tuple[Path, Path]:
     """Write ``<date>-<host>.json`` and ``.md`` into ``out_dir`` and return both paths."""
     stem = out_dir / f"{report.date}-{report.host}"
     json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
-    write_atomic(json_path, json.dumps(dataclasses.asdict(report), indent=2) + "\n")
-    write_atomic(md_path, render_markdown(report))
+    write_text_atomic(json_path, json.dumps(dataclasses.asdict(report), indent=2) + "\n")
+    write_text_atomic(md_path, render_markdown(report))
     return json_path, md_path

@@ -32,13 +32,12 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import vessel_seg_roots  # noqa: E402  (sibling script, not a package)
+
 DATASET_ID = 510
 PLANS = "cpu"
 CONFIGURATION = "3d_fullres"
-
-
-def _roots(work: Path) -> dict[str, str]:
-    return {f"VS_{n.upper()}": str(work / n) for n in ("raw", "preprocessed", "results")}
 
 
 def prepare(args: argparse.Namespace) -> dict:
@@ -116,7 +115,8 @@ def curve(args: argparse.Namespace, work: Path, train_wall_s: float) -> list[dic
 
 
 def write_report(result: dict, out_dir: Path) -> Path:
-    from vessel_seg.atomic import write_atomic, write_text_atomic
+    from vessel_seg.atomic import write_text_atomic
+    from vessel_seg.evaluation.atomic import save_figure_atomic
 
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / f"{result['date']}-{result['host']}-cpu-learning"
@@ -153,7 +153,7 @@ def write_report(result: dict, out_dir: Path) -> Path:
     ax.set_ylim(0, 1)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    write_atomic(stem.with_suffix(".png"), lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    save_figure_atomic(stem.with_suffix(".png"), fig, dpi=110)
     plt.close(fig)
     return stem.with_suffix(".md")
 
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--epochs must be a multiple of --snapshot-every")
 
     work = args.work.resolve()
-    os.environ.update(_roots(work))
+    os.environ.update(vessel_seg_roots(work))
     plan = prepare(args)
     train_wall_s = train_timed(args, dict(os.environ), work / "train.log")
     print(f"training took {train_wall_s:.0f} s")

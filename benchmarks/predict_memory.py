@@ -40,13 +40,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import run_measured  # noqa: E402  (sibling module, not a package)
+from bench_common import run_measured, vessel_seg_roots  # noqa: E402  (sibling module, not a package)
 
 DATASET_ID = 7
-
-
-def _roots(work: Path) -> dict[str, str]:
-    return {f"VS_{n.upper()}": str(work / n) for n in ("raw", "preprocessed", "results")}
 
 
 TINY_NETWORK = {
@@ -72,7 +68,7 @@ def train_tiny_model(work: Path, tiny_network: bool = False) -> Path:
     from vessel_seg.trainers.settings import TrainingSettings
     from vessel_seg.trainers.trainer import TrainingJob, train
 
-    os.environ.update(_roots(work))
+    os.environ.update(vessel_seg_roots(work))
     done = list((work / "results").glob("*/*__cpu__3d_fullres/plans.json"))
     if done:
         return done[0]
@@ -138,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     shape = tuple(args.shape)
     copy_bytes = float(np.prod(shape)) * 4
     volume = synthetic_volume(shape)
-    env = {**os.environ, **_roots(work)}
+    env = {**os.environ, **vessel_seg_roots(work)}
     if args.code_root is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(args.code_root.resolve()), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     module = imported_module(env)
