@@ -15,11 +15,13 @@ Measured quantities (one :class:`Measurement` per command run):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -153,15 +155,18 @@ def memory_kib(pid: int) -> tuple[int, int]:
     return rss, values.get("Pss", rss)
 
 
-def run_measured(command: list[str], env: dict[str, str], log_path: Path) -> dict[str, float | int]:
+def run_measured(command: list[str], env: dict[str, str], log_path: Path,
+                 timeout_s: float | None = None) -> dict[str, float | int]:
     """Run ``command`` to completion, sampling its process tree every 50 ms.
 
-    Returns ``returncode``, ``wall_s``, ``cpu_s``, ``peak_rss_mb``, ``peak_pss_mb`` and
-    ``max_processes`` (see the module docstring for the definitions). Output goes to ``log_path``.
+    Returns ``returncode``, ``wall_s``, ``cpu_s``, ``peak_rss_mb``, ``peak_pss_mb``,
+    ``max_processes`` (see the module docstring for the definitions) and ``timed_out``: after
+    ``timeout_s`` seconds the whole process tree is killed (SIGKILL). Output goes to ``log_path``.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     peak_rss = peak_pss = max_processes = 0
+    timed_out = False
     with open(log_path, "wb") as log:
         start = time.perf_counter()
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -171,12 +176,22 @@ def run_measured(command: list[str], env: dict[str, str], log_path: Path) -> dic
             peak_rss = max(peak_rss, sum(rss for rss, _ in sizes))
             peak_pss = max(peak_pss, sum(pss for _, pss in sizes))
             max_processes = max(max_processes, sum(1 for rss, _ in sizes if rss))
+            if timeout_s is not None and not timed_out and time.perf_counter() - start > timeout_s:
+                timed_out = True
+                kill_tree(pids)
             time.sleep(SAMPLE_INTERVAL_S)
         wall = time.perf_counter() - start
     usage_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (usage_after.ru_utime - usage_before.ru_utime) + (usage_after.ru_stime - usage_before.ru_stime)
     return {"returncode": process.returncode, "wall_s": wall, "cpu_s": cpu, "peak_rss_mb": peak_rss / 1024,
-            "peak_pss_mb": peak_pss / 1024, "max_processes": max_processes}
+            "peak_pss_mb": peak_pss / 1024, "max_processes": max_processes, "timed_out": timed_out}
+
+
+def kill_tree(pids: list[int]) -> None:
+    """SIGKILL every process in ``pids`` (a tree from :func:`process_tree`); ones already gone are skipped."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def measure(ctx: BenchmarkContext, name: str, tool: str, section: str, command: list[str], env: dict[str, str],

@@ -67,6 +67,16 @@ def _write_json(path: Path, content: dict) -> None:
     write_text_atomic(path, json.dumps(content, indent=2))
 
 
+def cuda_peak() -> dict[str, float]:
+    """This process's peak CUDA memory in GiB (torch's caching allocator); ``{}`` when CUDA was not used."""
+    import torch
+
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return {}
+    return {"cuda_peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
+            "cuda_peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3)}
+
+
 def run_train(argv: list[str], timings: Path) -> int:
     # vs_train's module sets the OpenMP wait policy before torch is imported, as when run as a command
     from vessel_seg.cli import train as train_cli  # isort: skip
@@ -85,7 +95,7 @@ def run_train(argv: list[str], timings: Path) -> int:
     started = time.perf_counter()
     code = train_cli.main(argv)
     _write_json(timings, {"iterations": records, "run_training_s": time.perf_counter() - started,
-                          "torch_threads": torch.get_num_threads()})
+                          "torch_threads": torch.get_num_threads(), **cuda_peak()})
     return code
 
 
@@ -101,7 +111,8 @@ def run_predict(argv: list[str], timings: Path) -> int:
     args = predict_cli.build_parser().parse_args(argv)
     cases = len(list(args.input.glob("*_0000.*"))) if args.input.is_dir() else 1
     _write_json(timings, {"predict_s": ended - imported, "import_s": imported - started, "num_cases": cases,
-                          "use_mirroring": not args.disable_tta, "torch_threads": torch.get_num_threads()})
+                          "use_mirroring": not args.disable_tta, "torch_threads": torch.get_num_threads(),
+                          **cuda_peak()})
     return code
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -114,13 +115,39 @@ def test_blocks_are_one_k_one_bottlenecks():
             assert isinstance(block.shortcut, nn.Identity) != projected
 
 
-def test_gradients_reach_every_parameter():
-    net = build_network(ANISO, 1, 2)
-    outputs = net(torch.randn(2, 1, 4, 16, 16))
+def _squared_output_gradients(net: nn.Module) -> dict[str, torch.Tensor]:
+    net.zero_grad(set_to_none=True)
+    outputs = net(torch.randn(2, 1, 4, 16, 16, generator=torch.Generator().manual_seed(0)))
     sum(o.square().mean() for o in outputs).backward()
-    for name, p in net.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all(), name
-        assert p.grad.abs().sum() > 0, name
+    return {name: p.grad for name, p in net.named_parameters()}
+
+
+def test_gradients_reach_every_parameter():
+    """Without zero-initialised branches every parameter gets a gradient at once; with them, after one step."""
+    for name, grad in _squared_output_gradients(build_network(ANISO, 1, 2)).items():
+        assert grad is not None and torch.isfinite(grad).all(), name
+        assert grad.abs().sum() > 0, name
+    net = build_network(dataclasses.replace(ANISO, zero_init_residual=True), 1, 2)
+    first = _squared_output_gradients(net)
+    assert all(g is not None and torch.isfinite(g).all() for g in first.values())
+    # A zero branch scale blocks the gradient of the branch's convolutions, but not of the scale itself.
+    assert first["encoder.0.0.reduce.0.weight"].abs().sum() == 0
+    assert first["encoder.0.0.expand.1.weight"].abs().sum() > 0
+    torch.optim.SGD(net.parameters(), lr=0.1).step()
+    for name, grad in _squared_output_gradients(net).items():
+        assert grad.abs().sum() > 0, name
+
+
+def test_residual_branches_start_at_zero():
+    """With zero_init_residual every bottleneck block starts as its shortcut: its output equals act(shortcut(x))."""
+    net = build_network(dataclasses.replace(ANISO, zero_init_residual=True), 1, 2)
+    blocks = [m for m in net.modules() if isinstance(m, BottleneckResidualBlock)]
+    assert blocks and all(torch.count_nonzero(b.expand[1].weight) == 0 for b in blocks)
+    block = blocks[0]
+    x = torch.randn(1, block.reduce[0].in_channels, 4, 8, 8)
+    assert torch.allclose(block(x), block.act(block.shortcut(x)))
+    off = build_network(ANISO, 1, 2)  # the default: branches start at full scale
+    assert all(torch.all(m.expand[1].weight == 1) for m in off.modules() if isinstance(m, BottleneckResidualBlock))
 
 
 def test_2d_and_3d_share_code_and_compute_the_same_function():

@@ -27,6 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     parser.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation (8x faster in 3D)")
     parser.add_argument(
+        "--step-size", "-step_size", dest="step_size", default="0.5", metavar="S",
+        help="sliding-window step as a fraction of the patch, 0 < S <= 1 (default 0.5: half-overlapping tiles; "
+        "larger is faster, nnU-Net's -step_size)",
+    )
+    parser.add_argument(
         "--checkpoint", default="final", help="checkpoint to load: final (default), best, or a snapshot such as epoch0020"
     )
     parser.add_argument("-np", type=int, default=None, dest="num_threads",
@@ -44,11 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _command(args: argparse.Namespace) -> int:
     import torch
 
-    from vessel_seg.inference.prediction_run import PredictionOptions, ensure_writable, predict_cases
+    from vessel_seg.inference.prediction_run import PredictionOptions, check_step_size, ensure_writable, predict_cases
     from vessel_seg.inference.predictor import load_trained_model
     from vessel_seg.inference.trained_models import choose_models, resolve_prediction_dataset
     from vessel_seg.model_folder import parse_fold
 
+    step_size = check_step_size(args.step_size)
     if args.num_threads is not None:
         torch.set_num_threads(max(1, args.num_threads))
     if not args.input.exists():
@@ -64,7 +70,7 @@ def _command(args: argparse.Namespace) -> int:
     ]
     options = PredictionOptions(
         use_tta=not args.disable_tta, overwrite=args.overwrite, save_probabilities=args.save_probabilities,
-        mesh=args.mesh, centerline=args.centerline, preview=args.preview, recipe=choice.recipe,
+        mesh=args.mesh, centerline=args.centerline, preview=args.preview, recipe=choice.recipe, step_size=step_size,
     )
     seconds = predict_cases(models, args.input, args.output, options)
     names = ", ".join(f"{m.name} (folds {' '.join(m.folds)})" for m in models)

@@ -14,8 +14,9 @@ from vessel_seg.errors import VesselSegError  # noqa: E402
 from vessel_seg.model_folder import parse_fold  # noqa: E402
 from vessel_seg.planners.pipeline import DEFAULT_PLANS  # noqa: E402
 from vessel_seg.planners.plans import CONFIGURATIONS  # noqa: E402
-from vessel_seg.trainers.settings import LOSSES, OPTIMIZERS, TrainingSettings  # noqa: E402
+from vessel_seg.trainers.settings import COMPILE_MODES, LOSSES, OPTIMIZERS, TrainingSettings  # noqa: E402
 from vessel_seg.trainers.trainer import TrainingJob, train  # noqa: E402
+from vessel_seg.trainers.workers import env_override  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,9 +35,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default=TrainingSettings.optimizer)
     parser.add_argument("--lr", type=float, default=None, help="initial learning rate (default 1e-2 SGD, 1e-3 AdamW)")
     parser.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICES)} (default auto)")
-    parser.add_argument("--num-workers", type=int, default=TrainingSettings.num_workers, help="data augmentation processes")
-    parser.add_argument("--no-amp", action="store_true", help="disable mixed precision (fp16 on CUDA, bf16 on CPUs that support it natively)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the network")
+    parser.add_argument(
+        "--num-workers", type=int, default=None, metavar="N",
+        help="data augmentation processes (default: env VS_N_PROC_DA, else nnUNet_n_proc_DA, else chosen from the "
+             "usable CPUs and the device: CPUs per GPU process - 1 on a GPU, 2-4 on a CPU)",
+    )
+    parser.add_argument(
+        "--no-amp", action="store_true",
+        help="disable mixed precision (bf16 on CUDA GPUs and CPUs that support it natively, fp16 on older CUDA GPUs)",
+    )
+    parser.add_argument(
+        "--compile", nargs="?", const="on", default="auto", choices=COMPILE_MODES,
+        help="torch.compile the network: auto (default: on CUDA for runs long enough to repay compiling), on, off; "
+        "a bare --compile means on",
+    )
+    parser.add_argument("--no-channels-last", action="store_true", help="keep activations in NCDHW instead of channels_last_3d")
     parser.add_argument("--checkpoint-every", type=int, default=TrainingSettings.checkpoint_every, help="epochs between latest checkpoints")
     parser.add_argument(
         "--snapshot-every", type=int, default=0, metavar="N",
@@ -58,14 +71,16 @@ def _command(args: argparse.Namespace) -> int:
         settings = TrainingSettings(
             epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch, validation_iterations=args.val_iterations,
             loss=args.loss, optimizer=args.optimizer, learning_rate=args.lr, device=args.device,
-            num_workers=args.num_workers, amp=not args.no_amp, compile=args.compile,
+            num_workers=args.num_workers, amp=not args.no_amp, compile=args.compile, channels_last=not args.no_channels_last,
             checkpoint_every=args.checkpoint_every, snapshot_every=args.snapshot_every, seed=args.seed, final_validation=not args.no_final_validation,
             save_validation_probabilities=not args.no_validation_probabilities,
         )
     except ValueError as exc:
         raise VesselSegError(str(exc)) from exc
-    if args.num_workers < 0:
+    if args.num_workers is not None and args.num_workers < 0:
         raise VesselSegError("--num-workers must be 0 or more")
+    if args.num_workers is None:
+        env_override()  # a bad VS_N_PROC_DA / nnUNet_n_proc_DA fails here, before any work
     if args.pretrained is not None and not args.pretrained.is_file():
         raise VesselSegError(f"{args.pretrained}: pretrained checkpoint not found")
     job = TrainingJob(

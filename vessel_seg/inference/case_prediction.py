@@ -25,6 +25,8 @@ def iter_probability_slabs(
     amp: bool = False,
     step: float = 0.5,
     tiles_per_batch: int = 4,
+    samples_per_forward: int | None = None,
+    to_cpu: bool = True,
 ) -> Iterator[tuple[slice, torch.Tensor]]:
     """Softmax probabilities of a preprocessed case, averaged over ``networks``, as z-slabs.
 
@@ -32,7 +34,8 @@ def iter_probability_slabs(
     memory is one rolling buffer of ``patch_z`` slices per network plus one slab: no volume-sized
     logits or probabilities exist. Averaging probabilities (not logits) across folds follows
     nnU-Net's ensembling; the arithmetic per voxel is that of a whole-volume softmax followed by
-    a sum over networks and a division by their number.
+    a sum over networks and a division by their number. ``samples_per_forward`` and ``to_cpu``
+    are those of :func:`iter_logit_slabs` (``to_cpu=False``: slabs stay on the device).
 
     Yields
     ------
@@ -52,6 +55,7 @@ def iter_probability_slabs(
             iter_logit_slabs(
                 network, data, config.patch_size, num_classes, step=step, mirror_axes=mirror_axes,
                 tiles_per_batch=tiles_per_batch, device=device, amp=amp,
+                samples_per_forward=samples_per_forward, to_cpu=to_cpu,
             )
             for network in networks
         ]
@@ -80,6 +84,7 @@ def predict_probabilities(
     step: float = 0.5,
     tiles_per_batch: int = 4,
     dtype: torch.dtype = torch.float32,
+    samples_per_forward: int | None = None,
 ) -> torch.Tensor:
     """Softmax probabilities ``(K, Z, Y, X)`` of a preprocessed case, averaged over ``networks``.
 
@@ -88,7 +93,7 @@ def predict_probabilities(
     """
     out = torch.empty((num_classes, *data.shape[1:]), dtype=dtype)
     for z, probs in iter_probability_slabs(
-        networks, data, config, num_classes, mirror_axes, device, amp, step, tiles_per_batch
+        networks, data, config, num_classes, mirror_axes, device, amp, step, tiles_per_batch, samples_per_forward
     ):
         out[:, z] = probs
     return out
@@ -106,6 +111,7 @@ def predict_labels(
     step: float = 0.5,
     tiles_per_batch: int = 4,
     rounding: torch.dtype = torch.float16,
+    samples_per_forward: int | None = None,
 ) -> np.ndarray:
     """Label map ``(Z, Y, X)`` of a preprocessed case without any volume of probabilities.
 
@@ -117,7 +123,8 @@ def predict_labels(
     lookup = _label_lookup(label_values)
     out = np.empty(tuple(data.shape[1:]), dtype=lookup.dtype)
     for z, probs in iter_probability_slabs(
-        networks, data, config, len(label_values), mirror_axes, device, amp, step, tiles_per_batch
+        networks, data, config, len(label_values), mirror_axes, device, amp, step, tiles_per_batch,
+        samples_per_forward,
     ):
         out[z] = lookup[torch.argmax(probs.to(rounding), dim=0).numpy()]
     return out

@@ -13,10 +13,12 @@ against the model before the first prediction, so a bad input stops the run befo
 from __future__ import annotations
 
 import logging
+import math
 import re
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ from vessel_seg.imageio import (
     strip_extension,
     write_image,
 )
+from vessel_seg.inference.case_pipeline import run_overlapped
 from vessel_seg.inference.ensemble import PROBABILITY_SUFFIX, save_probabilities
 from vessel_seg.inference.input_checks import check_case_headers, check_channel_files
 from vessel_seg.inference.predictor import (
@@ -67,7 +70,14 @@ class InputCase:
 
 @dataclass
 class PredictionOptions:
-    """What to write and how (see ``vs_predict --help``)."""
+    """What to write and how (see ``vs_predict --help``).
+
+    ``step_size``: sliding-window step as a fraction of the patch, in ``(0, 1]``. ``overlap_io``:
+    read the next case and write the previous one in background threads while a case is
+    predicted (:func:`~vessel_seg.inference.case_pipeline.run_overlapped`); ``None`` = on when a
+    model runs on a GPU (CUDA, MPS), off on the CPU, where it would add a case to the memory peak
+    and the cores are busy anyway.
+    """
 
     use_tta: bool = True
     overwrite: bool = False
@@ -76,6 +86,22 @@ class PredictionOptions:
     centerline: bool = False
     preview: bool = False
     recipe: Any = None
+    step_size: float = 0.5
+    overlap_io: bool | None = None
+
+
+def check_step_size(value: object) -> float:
+    """``value`` as a tile step in ``(0, 1]``, else a one-line :class:`VesselSegError`."""
+    try:
+        step = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        step = math.nan
+    if not 0 < step <= 1:
+        raise VesselSegError(
+            f"--step-size must be a number in (0, 1] (tile step as a fraction of the patch; 0.5 = half-overlapping "
+            f"tiles, 1 = no overlap), got {value!r}"
+        )
+    return step
 
 
 def _is_dicom_folder(folder: Path) -> bool:
@@ -194,29 +220,75 @@ def _postprocess(seg: np.ndarray, probs: np.ndarray | None, geometry: ImageGeome
     return apply_postprocessing(seg, recipe.postprocessing, geometry.spacing, labels, probabilities_fg=foreground)
 
 
+@dataclass
+class _LoadedCase:
+    """A case read from disk; ``images`` holds the only reference to the raw image until handed over."""
+
+    images: list[np.ndarray]
+    geometry: ImageGeometry
+    preview_image: np.ndarray | None
+
+
+@dataclass
+class _PredictedCase:
+    seg: np.ndarray
+    probs: np.ndarray | None
+    geometry: ImageGeometry
+    preview_image: np.ndarray | None
+
+
+def _read_case(case: InputCase, options: PredictionOptions) -> _LoadedCase:
+    images, geometry = case.read()
+    # The predictor gets the only reference to the raw image, so it can free it once preprocessed
+    # (one volume less at the peak); the preview keeps its own channel view.
+    return _LoadedCase([images], geometry, images[0] if options.preview else None)
+
+
+def _predict_loaded(models: Sequence[TrainedModel], case: InputCase, loaded: _LoadedCase, options: PredictionOptions) -> _PredictedCase:
+    geometry, labels = loaded.geometry, models[0].label_values
+    probs = None
+    if len(models) == 1 and not options.save_probabilities:
+        seg, _ = predict_image(
+            models[0], loaded.images.pop(), geometry, case.case_id, options.use_tta, keep_probabilities=False,
+            step=options.step_size,
+        )
+    else:
+        probs = predict_original_probabilities(
+            models, loaded.images.pop(), geometry, case.case_id, options.use_tta, options.step_size
+        )
+        seg = labels_from_original_probabilities(probs, labels)
+    return _PredictedCase(seg, probs, geometry, loaded.preview_image)
+
+
+def _write_case(labels: list[int], case: InputCase, predicted: _PredictedCase, output_dir: Path, options: PredictionOptions) -> None:
+    """Postprocess and write one case's outputs (extras first, the mask last)."""
+    geometry, probs = predicted.geometry, predicted.probs
+    seg = _postprocess(predicted.seg, probs, geometry, labels, options.recipe)
+    if options.save_probabilities:
+        save_probabilities(output_dir / f"{case.case_id}{PROBABILITY_SUFFIX}", probs, labels, geometry, case.file_ending)
+    predicted.probs = probs = None
+    _write_extras(case, predicted.preview_image, seg, geometry, output_dir, options)
+    write_image(seg, geometry, _case_outputs(case, output_dir))
+
+
 def predict_case(
     models: Sequence[TrainedModel], case: InputCase, output_dir: Path, options: PredictionOptions
 ) -> None:
     """Predict one case and write its outputs (extras first, the mask last)."""
-    images, geometry = case.read()
-    preview_image = images[0] if options.preview else None
-    # Hand the predictor the only reference to the raw image, so it can free it once preprocessed
-    # (one volume less at the peak); the preview keeps its own channel view.
-    handed_over = [images]
-    del images
-    labels = models[0].label_values
-    probs = None
-    if len(models) == 1 and not options.save_probabilities:
-        seg, _ = predict_image(models[0], handed_over.pop(), geometry, case.case_id, options.use_tta, keep_probabilities=False)
-    else:
-        probs = predict_original_probabilities(models, handed_over.pop(), geometry, case.case_id, options.use_tta)
-        seg = labels_from_original_probabilities(probs, labels)
-    seg = _postprocess(seg, probs, geometry, labels, options.recipe)
-    if options.save_probabilities:
-        save_probabilities(output_dir / f"{case.case_id}{PROBABILITY_SUFFIX}", probs, labels, geometry, case.file_ending)
-    del probs
-    _write_extras(case, preview_image, seg, geometry, output_dir, options)
-    write_image(seg, geometry, _case_outputs(case, output_dir))
+    predicted = _predict_loaded(models, case, _read_case(case, options), options)
+    _write_case(models[0].label_values, case, predicted, output_dir, options)
+
+
+@contextmanager
+def _one_line_os_errors(case: InputCase, output_dir: Path) -> Iterator[None]:
+    """An ``OSError`` without its own message (mesh, preview writers) as a one-line :class:`ImageWriteError`."""
+    try:
+        yield
+    except OSError as exc:
+        raise ImageWriteError(
+            f"{output_dir}: cannot write the outputs of case {case.case_id!r} ({exc.strerror or exc}); "
+            "check free space and permissions"
+        ) from exc
 
 
 def predict_cases(
@@ -225,9 +297,12 @@ def predict_cases(
     """Predict every case under ``input_path`` into ``output_dir``; returns seconds per predicted case.
 
     ``models`` (one per configuration) are ensembled by averaging their probabilities in the input
-    geometry. Cases with an existing mask are skipped unless ``options.overwrite``.
+    geometry. Cases with an existing mask are skipped unless ``options.overwrite``. The seconds of
+    a case add its reading, prediction and writing; with ``options.overlap_io`` those of
+    neighbouring cases run at the same time, and the outputs and errors are those of a sequential run.
     """
     options = options or PredictionOptions()
+    check_step_size(options.step_size)
     if not models:
         raise VesselSegError("no model to predict with")
     if len({tuple(m.label_values) for m in models}) > 1:
@@ -239,19 +314,29 @@ def predict_cases(
     if len(todo) < len(cases):
         log.info("%d of %d case(s) already predicted in %s, skipped (use --overwrite to redo)", len(cases) - len(todo), len(cases), output_dir)
     check_inputs(models, todo)
+    overlap = options.overlap_io if options.overlap_io is not None else any(m.device.type != "cpu" for m in models)
     seconds: dict[str, float] = {}
+
+    def timed(stage, case, *args):  # stage(*args) with one-line OS errors, its seconds added to the case's
+        start = time.perf_counter()
+        with _one_line_os_errors(case, output_dir):
+            result = stage(*args)
+        seconds[case.case_id] = seconds.get(case.case_id, 0.0) + time.perf_counter() - start
+        return result
+
     with tqdm(total=len(todo), desc="predicting", unit="case", disable=None) as bar:
-        for case in todo:
-            start = time.perf_counter()
-            try:
-                predict_case(models, case, output_dir, options)
-            except OSError as exc:  # a writer without its own message (mesh, preview): still one line
-                raise ImageWriteError(
-                    f"{output_dir}: cannot write the outputs of case {case.case_id!r} ({exc.strerror or exc}); "
-                    "check free space and permissions"
-                ) from exc
-            seconds[case.case_id] = time.perf_counter() - start
+
+        def store(case: InputCase, predicted: _PredictedCase) -> None:
+            timed(_write_case, case, models[0].label_values, case, predicted, output_dir, options)
             log.debug("%s: %.1f s", case.case_id, seconds[case.case_id])
             bar.update()
+
+        run_overlapped(
+            todo,
+            lambda case: timed(_read_case, case, case, options),
+            lambda case, loaded: timed(_predict_loaded, case, models, case, loaded, options),
+            store,
+            overlap,
+        )
     return seconds
 

@@ -21,11 +21,12 @@ from torch import nn
 from vessel_seg.case_store import CaseProperties
 from vessel_seg.checkpoint import load_checkpoint
 from vessel_seg.dataset import DatasetInfo
-from vessel_seg.device import mixed_precision_enabled, select_device
+from vessel_seg.device import configure_backends, mixed_precision_enabled, select_device
 from vessel_seg.errors import CheckpointError, VesselSegError
 from vessel_seg.imageio import ImageGeometry
 from vessel_seg.inference.cascade import previous_stage_onehot, resample_for_next_stage
 from vessel_seg.inference.case_prediction import labels_from_probabilities, predict_labels, predict_probabilities
+from vessel_seg.inference.device_prediction import forward_batch_for, plan_prediction, predict_image_on_device
 from vessel_seg.model_folder import checkpoint_path, fold_name
 from vessel_seg.networks.resunet import build_network
 from vessel_seg.planners.plans import ConfigurationPlan, Plans
@@ -89,6 +90,7 @@ def load_trained_model(
                 f"train it or choose other folds with -f"
             )
     torch_device = select_device(device)
+    configure_backends(torch_device)  # cuDNN autotuning: every tile has the same shape
     networks, mirror_axes = [], ()
     for fold in fold_list:
         state = load_checkpoint(checkpoint_path(model_dir / fold_name(fold), checkpoint), map_location="cpu")
@@ -128,7 +130,8 @@ def check_input(model: TrainedModel, images: np.ndarray, geometry: ImageGeometry
 
 
 def preprocess_for_model(
-    model: TrainedModel, images: np.ndarray, geometry: ImageGeometry, case_id: str = "case", use_tta: bool = True
+    model: TrainedModel, images: np.ndarray, geometry: ImageGeometry, case_id: str = "case", use_tta: bool = True,
+    step: float = 0.5,
 ) -> tuple[np.ndarray, CaseProperties]:
     """The network input of one raw image: preprocessed channels, plus for a cascade stage the
     one-hot segmentation of the previous stage (predicted here, label map only).
@@ -140,8 +143,8 @@ def preprocess_for_model(
     data, _, props = preprocess_case(images, None, geometry, model.plans, model.config, case_id)
     if model.previous_stage is not None:
         low = model.previous_stage
-        low_data, low_props = preprocess_for_model(low, images, geometry, case_id, use_tta)
-        low_seg = _predict_labels(low, low_data, use_tta)
+        low_data, low_props = preprocess_for_model(low, images, geometry, case_id, use_tta, step)
+        low_seg = _predict_labels(low, low_data, use_tta, step)
         del low_data
         seg = resample_for_next_stage(
             low_seg, low_props.spacing, props.shape_after_resampling, props.spacing, model.label_values
@@ -151,16 +154,19 @@ def preprocess_for_model(
     return data, props
 
 
-def _predict_labels(model: TrainedModel, data: np.ndarray, use_tta: bool) -> np.ndarray:
+def _predict_labels(model: TrainedModel, data: np.ndarray, use_tta: bool, step: float = 0.5) -> np.ndarray:
     """Label map in preprocessed space, streamed: no probability volume is allocated."""
+    tiles, samples = forward_batch_for(model, data.shape[0], use_tta)
     return predict_labels(
         model.networks, data, model.config, model.label_values, model.mirror_axes if use_tta else (),
-        model.device, amp=mixed_precision_enabled(model.device, True),
+        model.device, amp=mixed_precision_enabled(model.device, True), step=step, tiles_per_batch=tiles,
+        samples_per_forward=samples,
     )
 
 
 def predict_preprocessed(
-    model: TrainedModel, images: np.ndarray, geometry: ImageGeometry, case_id: str = "case", use_tta: bool = True
+    model: TrainedModel, images: np.ndarray, geometry: ImageGeometry, case_id: str = "case", use_tta: bool = True,
+    step: float = 0.5,
 ) -> tuple[torch.Tensor, CaseProperties]:
     """Class probabilities of one raw image in the model's preprocessed space.
 
@@ -175,6 +181,8 @@ def predict_preprocessed(
         Used in messages only.
     use_tta : bool
         Mirror along the axes the model was trained to be invariant to.
+    step : float
+        Sliding-window step as a fraction of the patch, in ``(0, 1]`` (``vs_predict --step-size``).
 
     Returns
     -------
@@ -184,22 +192,24 @@ def predict_preprocessed(
     props : CaseProperties
         What it takes to map them back (see :func:`restore_to_original`).
     """
-    data, props = preprocess_for_model(model, images, geometry, case_id, use_tta)
+    data, props = preprocess_for_model(model, images, geometry, case_id, use_tta, step)
     del images  # freed here when the caller passed its only reference
-    return _predict_probabilities(model, data, use_tta), props
+    return _predict_probabilities(model, data, use_tta, step), props
 
 
-def _predict_probabilities(model: TrainedModel, data: np.ndarray, use_tta: bool) -> torch.Tensor:
+def _predict_probabilities(model: TrainedModel, data: np.ndarray, use_tta: bool, step: float = 0.5) -> torch.Tensor:
     """Fold-averaged float16 probabilities in preprocessed space, written slab by slab."""
+    tiles, samples = forward_batch_for(model, data.shape[0], use_tta)
     return predict_probabilities(
         model.networks, data, model.config, len(model.label_values), model.mirror_axes if use_tta else (),
-        model.device, amp=mixed_precision_enabled(model.device, True), dtype=torch.float16,
+        model.device, amp=mixed_precision_enabled(model.device, True), step=step, tiles_per_batch=tiles,
+        dtype=torch.float16, samples_per_forward=samples,
     )
 
 
 def predict_image(
     model: TrainedModel, images: np.ndarray, geometry: ImageGeometry, case_id: str = "case", use_tta: bool = True,
-    keep_probabilities: bool = True,
+    keep_probabilities: bool = True, step: float = 0.5,
 ) -> tuple[np.ndarray, torch.Tensor | None]:
     """Segment one raw image ``(C, Z, Y, X)``.
 
@@ -219,14 +229,27 @@ def predict_image(
     :func:`~vessel_seg.planners.preprocessing.preprocess_case`) and prediction (``C r V`` input +
     ``r V / 4`` uint8 labels + rolling slabs), then the restore (``r V / 4`` + ``V / 2`` of uint8
     label maps + a slab).
+
+    Without probabilities, on a CUDA or MPS device a case that fits in its free memory is predicted
+    device-side instead (:mod:`~vessel_seg.inference.device_prediction`: preprocessing, window,
+    arg-max and restore on the device, only the uint8 label map copied back; linear instead of
+    spline image resampling). ``step`` is the sliding-window step (fraction of the patch, ``(0, 1]``).
     """
-    data, props = preprocess_for_model(model, images, geometry, case_id, use_tta)
+    check_input(model, images, geometry, case_id)
+    if not keep_probabilities:
+        plan = plan_prediction(model, images.shape, geometry.spacing, use_tta)
+        log.debug("%s: %s", case_id, plan.device_path.reason)
+        if plan.device_path.use:
+            handed_over = [images]  # the raw image is freed once on the device (if this was its only reference)
+            del images
+            return predict_image_on_device(model, handed_over.pop(), geometry, case_id, use_tta, step, plan), None
+    data, props = preprocess_for_model(model, images, geometry, case_id, use_tta, step)
     del images  # freed here when the caller passed its only reference (see the docstring)
     if keep_probabilities:
-        probs = _predict_probabilities(model, data, use_tta)
+        probs = _predict_probabilities(model, data, use_tta, step)
         seg = labels_from_probabilities(probs, model.label_values)
     else:
-        seg = _predict_labels(model, data, use_tta)
+        seg = _predict_labels(model, data, use_tta, step)
         probs = None
     del data  # the restore below allocates original-size arrays; the input is no longer needed
     restored = restore_to_original(seg, props, is_label=True, labels=model.label_values[1:])
@@ -235,7 +258,7 @@ def predict_image(
 
 def predict_original_probabilities(
     models: Sequence[TrainedModel], images: np.ndarray, geometry: ImageGeometry, case_id: str = "case",
-    use_tta: bool = True,
+    use_tta: bool = True, step: float = 0.5,
 ) -> np.ndarray:
     """Class probabilities ``(K, Z, Y, X)`` float16 in the input geometry, averaged over ``models``.
 
@@ -244,7 +267,7 @@ def predict_original_probabilities(
     """
     total = None
     for model in models:
-        probs, props = predict_preprocessed(model, images, geometry, case_id, use_tta)
+        probs, props = predict_preprocessed(model, images, geometry, case_id, use_tta, step)
         restored = restore_to_original(
             probs.numpy(), props, is_label=False, anisotropy_threshold=model.config.anisotropy_threshold
         )

@@ -62,6 +62,50 @@ def _forward(network: nn.Module, tiles: torch.Tensor, squeeze_z: bool) -> torch.
     return out[:, :, None] if squeeze_z else out
 
 
+def mirrored_forward(
+    network: nn.Module,
+    tiles: torch.Tensor,
+    flips: Sequence[tuple[int, ...]],
+    squeeze_z: bool = False,
+    samples_per_forward: int | None = None,
+) -> torch.Tensor:
+    """Sum over ``flips`` of the network's outputs on flipped tiles, each flipped back.
+
+    Args:
+        tiles: ``(N, C, z, y, x)`` on the network's device.
+        flips: tensor dims to flip per mirroring (:func:`mirror_combinations`), ``()`` = no flip.
+        samples_per_forward: the ``N * len(flips)`` samples (all tiles flipped one way, then the
+            next way) go through the network in forwards of at most this many, so on a GPU the
+            flips of a few tiles share one forward. ``None``: ``N`` (one forward per flip, the
+            unbatched order). On CUDA a short forward is padded with zero tiles to the full size,
+            so cuDNN sees one batch shape per case (samples are independent in eval mode).
+
+    Returns:
+        float32 ``(N, K, z, y, x)``. Each tile's outputs are added in flip order whatever the
+        batching, so batched and unbatched sums differ only by the rounding of the convolutions.
+    """
+    n = tiles.shape[0]
+    size = max(1, samples_per_forward or n)
+    total = None
+    for first in range(0, n * len(flips), size):
+        last = min(first + size, n * len(flips))
+        segments = []  # (flip dims, first tile, end tile) of this forward, in sample order
+        for f in range(first // n, (last - 1) // n + 1):
+            segments.append((flips[f], max(first, f * n) - f * n, min(last, (f + 1) * n) - f * n))
+        batch = torch.cat([torch.flip(tiles[a:b], dims) if dims else tiles[a:b] for dims, a, b in segments])
+        if tiles.is_cuda and samples_per_forward and batch.shape[0] < size:
+            batch = torch.cat([batch, batch.new_zeros((size - batch.shape[0], *batch.shape[1:]))])
+        pred = _forward(network, batch, squeeze_z)
+        if total is None:
+            total = torch.zeros((n, *pred.shape[1:]), dtype=torch.float32, device=pred.device)
+        offset = 0
+        for dims, a, b in segments:
+            part = pred[offset : offset + b - a]
+            total[a:b] += (torch.flip(part, dims) if dims else part).float()
+            offset += b - a
+    return total
+
+
 @torch.inference_mode()
 def predict_logits(
     network: nn.Module,
@@ -84,8 +128,9 @@ def predict_logits(
         step: tile step as a fraction of the patch size, in ``(0, 1]`` (0.5 = half-overlapping tiles).
         mirror_axes: spatial axes (0=z, 1=y, 2=x) to mirror for test-time augmentation; the
             prediction is the mean over all flip combinations.
-        tiles_per_batch: tiles sent through the network together.
-        amp: autocast (fp16 on CUDA, bf16 on CPU).
+        tiles_per_batch: tiles taken per step of the window; each mirroring of them is one forward
+            (see ``samples_per_forward`` of :func:`iter_logit_slabs` for batched mirrorings).
+        amp: autocast in :func:`vessel_seg.device.amp_dtype` (bf16 on CUDA GPUs and CPUs with native bf16, fp16 on older GPUs).
 
     Returns:
         float32 logits ``(num_classes, Z, Y, X)``, assembled from :func:`iter_logit_slabs`; the
@@ -108,6 +153,8 @@ def iter_logit_slabs(
     tiles_per_batch: int = 4,
     device: torch.device | str = "cpu",
     amp: bool = False,
+    samples_per_forward: int | None = None,
+    to_cpu: bool = True,
 ) -> Iterator[tuple[slice, torch.Tensor]]:
     """The logits of :func:`predict_logits` as consecutive z-slabs, each final when yielded.
 
@@ -116,11 +163,17 @@ def iter_logit_slabs(
     so they are divided by their weight sum and yielded. The weighted sums therefore live in a
     rolling buffer of ``patch_z`` slices, not in volume-sized accumulators; every voxel's sum is
     formed from the same tiles in the same order as with whole-volume accumulators, so the values
-    are identical. Arguments as for :func:`predict_logits`.
+    are identical. Arguments as for :func:`predict_logits`, and:
+
+    Args:
+        samples_per_forward: tiles x mirrorings per network forward (see :func:`mirrored_forward`);
+            ``None`` keeps one forward per mirroring of ``tiles_per_batch`` tiles.
+        to_cpu: copy each slab to the CPU; ``False`` leaves it where the accumulators are (on the
+            GPU when they fit there, or when ``data`` is a device tensor: the device-side path).
 
     Yields:
         ``(z, logits)``: a slice of z indices of ``data`` (consecutive slabs cover ``0..Z`` once,
-        in order) and float32 CPU logits ``(num_classes, z.stop - z.start, Y, X)``.
+        in order) and float32 logits ``(num_classes, z.stop - z.start, Y, X)``.
     """
     if not 0 < step <= 1:
         raise ValueError(f"step must be in (0, 1] so that tiles leave no gap, got {step}")
@@ -152,7 +205,8 @@ def iter_logit_slabs(
         a, b = max(lo, first_z), min(hi, first_z + spatial[0])
         if a < b:
             logits = accum[:, a - lo : b - lo] / norm[a - lo : b - lo]
-            yield slice(a - first_z, b - first_z), logits[(slice(None), slice(None), *in_plane)].cpu()
+            logits = logits[(slice(None), slice(None), *in_plane)]
+            yield slice(a - first_z, b - first_z), logits.cpu() if to_cpu else logits
 
     lo = 0  # padded z index of buffer row 0; slices below it have been yielded
     for first in range(0, len(starts), tiles_per_batch):
@@ -160,11 +214,7 @@ def iter_logit_slabs(
         slices = [tuple(slice(s, s + p) for s, p in zip(start, patch, strict=True)) for start in chunk]
         tiles = torch.stack([data[(slice(None), *sl)] for sl in slices]).to(device, non_blocking=True)
         with autocast(device, amp):
-            out = None
-            for dims in flips:
-                pred = _forward(network, torch.flip(tiles, dims) if dims else tiles, squeeze_z)
-                pred = torch.flip(pred, dims) if dims else pred
-                out = pred.float() if out is None else out + pred.float()
+            out = mirrored_forward(network, tiles, flips, squeeze_z, samples_per_forward)
         out = (out / len(flips) * weights).to(accum.device)
         for i, start in enumerate(chunk):
             if start[0] > lo:  # every tile starting below start[0] is done: slices lo..start[0] are final

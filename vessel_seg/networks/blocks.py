@@ -142,6 +142,15 @@ class BottleneckResidualBlock(nn.Module):
             )
         self.act = nn.LeakyReLU(negative_slope, inplace=True)
 
+    def zero_init_residual(self) -> None:
+        """Start the residual branch at zero: the expand norm's scale is set to 0.
+
+        The block then begins as its shortcut (the identity, or the projection), so a deep stack of
+        blocks starts as a shallow network whose output variance does not grow with depth; the
+        branch switches on as the scale learns (Goyal et al. 2017; nnU-Net's ResEnc U-Nets do the same).
+        """
+        nn.init.zeros_(self.expand[1].weight)
+
     def forward(self, x: Tensor) -> Tensor:
         return self.act(self.expand(self.spatial(self.reduce(x))) + self.shortcut(x))
 

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from vessel_seg.errors import PlansError
 from vessel_seg.networks.blocks import (
     NORMS,
+    BottleneckResidualBlock,
     ConvNormAct,
     ResidualStage,
     bottleneck_width,
@@ -123,6 +124,10 @@ class ResUNet(nn.Module):
         num_heads = max(n - 1, 1) if t.deep_supervision else 1
         self.heads = nn.ModuleList(conv_layer(t.dim)(feats[i], num_classes, 1, bias=True) for i in range(num_heads))
         self.apply(lambda m: init_weights(m, t.negative_slope))
+        if t.zero_init_residual:
+            for module in self.modules():
+                if isinstance(module, BottleneckResidualBlock):
+                    module.zero_init_residual()
         self._divisibility = tuple(math.prod(s[a] for s in t.strides) for a in range(t.dim))
 
     @property

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 
 def nonzero_bbox(data: np.ndarray) -> list[list[int]]:
     """Bounding box ``[[start, stop], ...]`` over ``(Z, Y, X)`` of voxels non-zero in any channel.
 
-    ``data`` is ``(C, Z, Y, X)``. Holes inside the body are filled first so that the box follows the
-    body outline, as nnU-Net does. An all-zero image keeps its full extent.
+    ``data`` is ``(C, Z, Y, X)``. nnU-Net fills holes inside the body first; that cannot change the
+    box, so it is skipped (it took seconds on a 512x512x600 CT): a zero voxel outside the box of the
+    non-zero voxels lies in a slab of zero voxels that reaches the image border, so it is connected
+    to the border and is no hole. An all-zero image keeps its full extent.
     """
     mask = np.any(data != 0, axis=0)
     if not mask.any():
         return [[0, s] for s in mask.shape]
-    mask = ndimage.binary_fill_holes(mask)
     box = []
     for axis in range(mask.ndim):
         other = tuple(a for a in range(mask.ndim) if a != axis)

@@ -24,7 +24,8 @@ from vessel_seg.errors import PlansError
 from vessel_seg.planners.plans import ChannelIntensity
 
 SCHEMES = ("ct", "zscore")
-_EPS = 1e-8
+STD_FLOOR = 1e-8  # smallest standard deviation a channel is divided by (constant images)
+_EPS = STD_FLOOR
 
 
 def normalize(
@@ -59,31 +60,47 @@ def normalize(
     """
     if data.ndim != 4:
         raise ValueError(f"expected a (C, Z, Y, X) array, got shape {data.shape}")
-    if len(schemes) != data.shape[0]:
-        raise PlansError(
-            f"plans give {len(schemes)} normalisation scheme(s) for {data.shape[0]} channel(s); "
-            "re-run vs_plan_and_preprocess for this dataset"
-        )
+    ct_stats = check_schemes(schemes, data.shape[0], intensity)
     out = data if inplace and data.dtype == np.float32 else data.astype(np.float32, copy=True)
     for c, scheme in enumerate(schemes):
         channel = out[c]
         if scheme == "ct":
-            stats = intensity.get(str(c))
-            if stats is None:
-                raise PlansError(
-                    f"plans hold no intensity statistics for CT channel {c}; re-run vs_plan_and_preprocess"
-                )
+            stats = ct_stats[c]
             np.clip(channel, stats.percentile_00_5, stats.percentile_99_5, out=channel)
             mean, std = stats.mean, stats.std
-        elif scheme == "zscore":
-            mean, std = _mean_std(channel)
         else:
-            raise PlansError(
-                f"unknown normalisation scheme {scheme!r} for channel {c}; use one of {', '.join(SCHEMES)}"
-            )
+            mean, std = _mean_std(channel)
         channel -= np.float32(mean)
         channel /= np.float32(max(std, _EPS))
     return out
+
+
+def check_schemes(
+    schemes: Sequence[str], num_channels: int, intensity: Mapping[str, ChannelIntensity]
+) -> dict[int, ChannelIntensity]:
+    """Raise :class:`PlansError` unless ``schemes`` fit the channels; returns the statistics of each CT channel.
+
+    Shared by :func:`normalize` and the device-side normalisation of prediction, so both reject
+    the same plans with the same message.
+    """
+    if len(schemes) != num_channels:
+        raise PlansError(
+            f"plans give {len(schemes)} normalisation scheme(s) for {num_channels} channel(s); "
+            "re-run vs_plan_and_preprocess for this dataset"
+        )
+    ct_stats = {}
+    for c, scheme in enumerate(schemes):
+        if scheme not in SCHEMES:
+            raise PlansError(
+                f"unknown normalisation scheme {scheme!r} for channel {c}; use one of {', '.join(SCHEMES)}"
+            )
+        if scheme == "ct":
+            if intensity.get(str(c)) is None:
+                raise PlansError(
+                    f"plans hold no intensity statistics for CT channel {c}; re-run vs_plan_and_preprocess"
+                )
+            ct_stats[c] = intensity[str(c)]
+    return ct_stats
 
 
 def _mean_std(channel: np.ndarray, slab_voxels: int = 1 << 22) -> tuple[float, float]:

@@ -38,6 +38,10 @@ class NetworkTopology:
     norm: str = "instance"
     negative_slope: float = 0.01
     deep_supervision: bool = True
+    # Residual branches start at zero (expand norm scale 0): every block begins as its shortcut.
+    # Off by default: on the CPU preset it learned more slowly in the first 50 iterations
+    # (pseudo Dice 0.40 / 0.67 against 0.61 / 0.74 after 25 / 50 iterations, 2026-11-30).
+    zero_init_residual: bool = False
 
     @property
     def num_stages(self) -> int:

@@ -4,8 +4,10 @@
 ``NonDetMultiThreadedAugmenter`` (batches in whatever order the workers finish them; the fastest
 choice for training), ``MultiThreadedAugmenter`` (``deterministic=True``: a fixed round-robin order,
 reproducible with seeds; for validation) or, with ``num_workers=0``, ``SingleThreadedAugmenter``
-(in-process, for debugging and tiny machines). Workers hand numpy arrays back through their
-queues; ``data`` and ``target`` become float32 torch tensors here, in the consumer (see
+(in-process, for debugging and tiny machines). Workers hand numpy arrays back: the large ones
+through a pool of shared-memory slots (:mod:`vessel_seg.trainers.shared_batches`; receiving a
+batch through the queue's pipe costs the training process 10x more CPU), the rest pickled through
+the queues; ``data`` and ``target`` become float32 torch tensors here, in the consumer (see
 :mod:`vessel_seg.trainers.augmentation` for why).
 
 Every ``next()`` is timed by a :class:`WaitTimer`: the time the consumer spends inside ``next()``
@@ -37,6 +39,7 @@ from batchgenerators.dataloading.single_threaded_augmenter import SingleThreaded
 
 from vessel_seg.errors import VesselSegError
 from vessel_seg.trainers.augmentation import batch_to_tensors
+from vessel_seg.trainers.shared_batches import SharedSlots
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +58,15 @@ class _SeedPythonRandom:
 
     def __init__(self, transform: Callable | None):
         self.transform = transform
+        self.slots: SharedSlots | None = None  # set before the workers start: large arrays go there
         self._seeded_pid: int | None = None
 
     def __call__(self, **batch):
         if self._seeded_pid != os.getpid():
             self._seeded_pid = os.getpid()
             random.seed(int(np.random.randint(2**31)))
-        return self.transform(**batch) if self.transform is not None else batch
+        batch = self.transform(**batch) if self.transform is not None else batch
+        return self.slots.pack(batch) if self.slots is not None else batch
 
 
 class WaitTimer:
@@ -164,6 +169,9 @@ class BackgroundBatches:
         sequence is reproducible.
     wait_time : float
         Polling interval of the augmenter's queues, in seconds; keep it well below one iteration.
+    shared_memory : bool
+        Pass large arrays through shared-memory slots (unordered augmenter, where workers are
+        forked); False sends whole batches through the queues' pipes.
 
     Use as a context manager, or call :meth:`close` to stop the workers.
     """
@@ -180,6 +188,7 @@ class BackgroundBatches:
         seed: int | None = None,
         deterministic: bool = False,
         wait_time: float = 0.02,
+        shared_memory: bool = True,
     ):
         if num_workers < 0:
             raise VesselSegError(f"num_workers must be 0 or more, got {num_workers}")
@@ -190,8 +199,14 @@ class BackgroundBatches:
         self._processes: list = []
         self._closed = False
         seeds: Sequence[int] | None = None if seed is None else [seed + i for i in range(num_workers)]
+        self._slots: SharedSlots | None = None
+        # Slots: every batch queued (at most the cache), one per worker (being put), one in transit, one spare.
+        # Unordered only: in round-robin order a worker waiting for a slot held by batches queued behind it
+        # would wait forever.
+        wanted = max(num_cached or max(6, num_workers), num_workers) + num_workers + 2
+        self._slots_wanted = wanted if shared_memory and not deterministic else 0
         if num_workers:
-            transform = _SeedPythonRandom(transform)
+            transform = self._wrapped = _SeedPythonRandom(transform)
         if num_workers == 0:
             self._augmenter = SingleThreadedAugmenter(loader, transform)
         elif deterministic:
@@ -208,6 +223,8 @@ class BackgroundBatches:
     def start(self) -> BackgroundBatches:
         """Start the workers now (otherwise the first ``next()`` does)."""
         if self.num_workers and not self._processes and not self._closed:
+            if self._slots_wanted:  # created before the fork, so that workers inherit it
+                self._slots = self._wrapped.slots = SharedSlots.create(self._slots_wanted)
             self._augmenter._start()
             # the augmenter forgets its processes when it aborts; keep them to report how they ended
             self._processes = list(self._augmenter._processes)
@@ -232,6 +249,8 @@ class BackgroundBatches:
         start = time.perf_counter()
         try:
             batch = next(self._augmenter)
+            if self._slots is not None:
+                batch = self._slots.unpack(batch)
             return batch_to_tensors(batch, self.pin_memory) if self.to_tensors else batch
         except RuntimeError as exc:
             if "no longer alive" not in str(exc):
@@ -259,8 +278,13 @@ class BackgroundBatches:
         if self._closed:
             return
         self._closed = True
+        if self._slots is not None:
+            self._slots.begin_close()  # workers waiting for a slot give up instead of blocking the shutdown
         if self.num_workers:
             self._augmenter._finish()
+        if self._slots is not None:
+            self._slots.close()
+            self._slots = None
         self._processes = []
 
     def __enter__(self) -> BackgroundBatches:

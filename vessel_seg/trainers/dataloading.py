@@ -58,18 +58,27 @@ def crop_with_padding(array: np.ndarray, lower: Sequence[int], size: Sequence[in
     ``lower`` may be negative and ``lower + size`` may exceed the shape; voxels outside the array
     get ``pad_value``. Leading axes are kept whole. Returns a new array of ``array``'s dtype.
     """
-    spatial = array.shape[-len(size):]
     lead = array.shape[: array.ndim - len(size)]
     out = np.full((*lead, *size), pad_value, dtype=array.dtype)
+    paste_crop(array, lower, out)
+    return out
+
+
+def paste_crop(array: np.ndarray, lower: Sequence[int], out: np.ndarray) -> None:
+    """Copy the part of ``array``'s box ``[lower, lower + out.shape)`` (last axes) that lies inside ``array`` into ``out``.
+
+    The rest of ``out`` is left as it is: with ``out`` from ``np.zeros`` this crops with zero
+    padding while touching only the copied voxels (large zeroed arrays are zero pages until written).
+    """
+    size = out.shape[out.ndim - len(lower):]
     src, dst = [], []
-    for lo, n, extent in zip(lower, size, spatial, strict=True):
+    for lo, n, extent in zip(lower, size, array.shape[array.ndim - len(lower):], strict=True):
         start, stop = max(lo, 0), min(lo + n, extent)
         if stop <= start:
-            return out  # entirely outside the image
+            return  # entirely outside the image
         src.append(slice(start, stop))
         dst.append(slice(start - lo, stop - lo))
     out[(..., *dst)] = array[(..., *src)]
-    return out
 
 
 def foreground_sample_count(batch_size: int, oversample_foreground: float, rng: np.random.Generator) -> int:
@@ -225,7 +234,8 @@ class PatchLoader(SlimDataLoaderBase):
         voxels = case.locations[labels[int(self._rng.integers(len(labels)))]]
         return voxels[int(self._rng.integers(len(voxels)))]
 
-    def _sample(self, case: _Case, foreground: bool) -> tuple[np.ndarray, np.ndarray]:
+    def _sample(self, case: _Case, foreground: bool, image: np.ndarray, target: np.ndarray) -> None:
+        """Crop one sample into ``image`` (C, *S) and ``target`` (T, *S), zero-filled beforehand."""
         voxel = self._foreground_voxel(case) if foreground else None
         data, labels = case.data, [case.seg] + ([case.previous] if case.previous is not None else [])
         if self.dim == 2:
@@ -233,20 +243,19 @@ class PatchLoader(SlimDataLoaderBase):
             data, labels = data[:, z], [label[z] for label in labels]
             voxel = voxel[1:] if voxel is not None else None
         corner = self._lower_corner(data.shape[1:], voxel)
-        image = crop_with_padding(data, corner, self.sample_patch_size, 0.0)
-        target = np.stack([crop_with_padding(label, corner, self.sample_patch_size, 0) for label in labels])
-        return image, target
+        paste_crop(data, corner, image)
+        for channel, label in enumerate(labels):
+            paste_crop(label, corner, target[channel])
 
     def generate_train_batch(self) -> dict:
+        """One batch; the arrays are allocated zeroed and only the voxels inside the images are written
+        (the sample patch can be several times the image and the final patch)."""
         n_fg = foreground_sample_count(self.batch_size, self.oversample_foreground, self._rng)
         keys = [self._data[i] for i in self._rng.integers(len(self._data), size=self.batch_size)]
-        images, targets = [], []
-        for index, case_id in enumerate(keys):
-            image, target = self._sample(self._case(case_id), foreground=index >= self.batch_size - n_fg)
-            images.append(image)
-            targets.append(target)
-        return {
-            "data": np.stack(images).astype(np.float32, copy=False),
-            "target": np.stack(targets).astype(np.uint8, copy=False),
-            "keys": keys,
-        }
+        cases = [self._case(case_id) for case_id in keys]
+        channels, targets = cases[0].data.shape[0], 1 + (cases[0].previous is not None)
+        data = np.zeros((self.batch_size, channels, *self.sample_patch_size), np.float32)
+        target = np.zeros((self.batch_size, targets, *self.sample_patch_size), np.uint8)
+        for index, case in enumerate(cases):
+            self._sample(case, index >= self.batch_size - n_fg, data[index], target[index])
+        return {"data": data, "target": target, "keys": keys}

@@ -8,14 +8,22 @@ from torch import nn
 from vessel_seg.trainers.settings import TrainingSettings
 
 
-def build_optimizer(network: nn.Module, settings: TrainingSettings) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum (nnU-Net's default) or AdamW."""
+def build_optimizer(
+    network: nn.Module, settings: TrainingSettings, device: torch.device | None = None
+) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum (nnU-Net's default) or AdamW.
+
+    On CUDA the fused implementation (one kernel for all parameters, and GradScaler's inf check
+    without a host sync); on other devices the multi-tensor (foreach) one; torch's default when
+    ``device`` is None.
+    """
+    kernels = {} if device is None else {"fused": True} if device.type == "cuda" else {"foreach": True}
     if settings.optimizer == "sgd":
         return torch.optim.SGD(
             network.parameters(), lr=settings.initial_lr, momentum=settings.momentum,
-            nesterov=True, weight_decay=settings.weight_decay,
+            nesterov=True, weight_decay=settings.weight_decay, **kernels,
         )
-    return torch.optim.AdamW(network.parameters(), lr=settings.initial_lr, weight_decay=settings.weight_decay)
+    return torch.optim.AdamW(network.parameters(), lr=settings.initial_lr, weight_decay=settings.weight_decay, **kernels)
 
 
 def poly_lr(initial_lr: float, epoch: int, max_epochs: int, exponent: float = 0.9) -> float:
@@ -26,3 +34,17 @@ def poly_lr(initial_lr: float, epoch: int, max_epochs: int, exponent: float = 0.
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+def scheduled_lr(settings: TrainingSettings, epoch: int, iteration: int) -> float:
+    """Learning rate of ``iteration`` (0-based, within ``epoch``).
+
+    Poly decay per epoch (nnU-Net's schedule), multiplied during the first
+    ``settings.warmup_iterations`` steps of the run by a linear ramp ``(k + 1) / warmup`` (``k`` the
+    0-based step of the whole run). The training loop calls this before every step.
+    """
+    lr = poly_lr(settings.initial_lr, epoch, settings.epochs)
+    step = epoch * settings.iterations_per_epoch + iteration
+    if step < settings.warmup_iterations:
+        lr *= (step + 1) / settings.warmup_iterations
+    return lr

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from vessel_seg.trainers.losses import LOSS_NAMES as LOSSES
 
 OPTIMIZERS = ("sgd", "adamw")
+COMPILE_MODES = ("auto", "on", "off")
 
 
 @dataclass
@@ -27,10 +28,20 @@ class TrainingSettings:
     weight_decay: float = 3e-5
     momentum: float = 0.99
     grad_clip: float = 12.0
-    num_workers: int = 2
+    # Steps of linear learning-rate warm-up at the start of a run (0: none).
+    warmup_iterations: int = 0
+    # Augmentation worker processes; None: VS_N_PROC_DA, else nnUNet_n_proc_DA, else chosen from the CPUs and
+    # device at train time (vessel_seg.trainers.workers).
+    num_workers: int | None = None
     device: str = "auto"
+    # Mixed precision where the hardware has it natively: bf16 on CUDA GPUs (Ampere+) and CPUs with
+    # AVX512-BF16/AMX, fp16 with loss scaling on older CUDA GPUs (vessel_seg.device.amp_dtype).
     amp: bool = True
-    compile: bool = False
+    # torch.compile: "auto" compiles on CUDA for long runs only (vessel_seg.trainers.step.compile_decision);
+    # True/False are accepted as "on"/"off".
+    compile: str = "auto"
+    # channels_last_3d activations where they are faster (CPU; CUDA with bf16/fp16); False: always NCDHW.
+    channels_last: bool = True
     checkpoint_every: int = 5
     # Keep the weights every N epochs as checkpoint_epochNNNN.pt (0: never), e.g. for held-out learning curves.
     snapshot_every: int = 0
@@ -42,12 +53,20 @@ class TrainingSettings:
     ema_decay: float = 0.9
 
     def __post_init__(self) -> None:
+        if isinstance(self.compile, bool):
+            self.compile = "on" if self.compile else "off"
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"unknown compile mode {self.compile!r}: use one of {', '.join(COMPILE_MODES)}")
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}: use one of {', '.join(LOSSES)}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
         if self.snapshot_every < 0:
             raise ValueError("snapshot_every must be 0 (off) or a positive number of epochs")
+        if self.warmup_iterations < 0:
+            raise ValueError("warmup_iterations must be 0 (off) or a positive number of steps")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ValueError("num_workers must be 0 or more (or None to choose automatically)")
         if self.epochs < 1 or self.iterations_per_epoch < 1:
             raise ValueError("epochs and iterations per epoch must be at least 1")
 

@@ -11,7 +11,8 @@ import math
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from tqdm import tqdm
 
 from vessel_seg.case_store import list_cases
 from vessel_seg.dataset import DatasetInfo
-from vessel_seg.device import autocast, configure_backends, mixed_precision_enabled, select_device
+from vessel_seg.device import amp_dtype, configure_backends, dtype_name, preferred_memory_format, select_device
 from vessel_seg.errors import DatasetError, VesselSegError
 from vessel_seg.model_folder import DEFAULT_TRAINER, fold_name, model_dir, snapshot_name
 from vessel_seg.networks.resunet import build_network
@@ -32,16 +33,18 @@ from vessel_seg.trainers.checkpointer import Checkpointer, load_pretrained_weigh
 from vessel_seg.trainers.dataloading import PatchLoader
 from vessel_seg.trainers.distributed import DistributedContext, barrier, init_distributed, shutdown
 from vessel_seg.trainers.losses import build_loss
-from vessel_seg.trainers.optimization import build_optimizer, poly_lr, set_lr
+from vessel_seg.trainers.optimization import build_optimizer, scheduled_lr, set_lr
 from vessel_seg.trainers.progress import EpochRecord, TrainingLog
 from vessel_seg.trainers.settings import TrainingSettings
 from vessel_seg.trainers.splits import fold_cases, load_or_create_splits
+from vessel_seg.trainers.step import CompileDecision, TrainingStep, compile_decision, make_grad_scaler
 from vessel_seg.trainers.validation import (
     PseudoMetrics,
     predict_next_stage,
     selection_score,
     validate_full_volumes,
 )
+from vessel_seg.trainers.workers import resolve_num_workers
 
 log = logging.getLogger(__name__)
 
@@ -136,10 +139,81 @@ def _batches(ctx: _Context, ids, settings, dist: DistributedContext, train: bool
     return batches, aug
 
 
+@dataclass
+class _Model:
+    """The network and what trains it (before DDP wrapping and compiling)."""
+
+    network: torch.nn.Module
+    in_channels: int
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    loss_fn: Callable
+
+
+@dataclass
+class _State:
+    """Where training stands: the first epoch to run, the best EMA score so far and the EMA itself."""
+
+    start_epoch: int = 0
+    best_score: float = -math.inf
+    ema: float | None = None
+
+
+@dataclass
+class _Run:
+    ctx: _Context
+    settings: TrainingSettings
+    dist: DistributedContext
+    model: _Model
+    checkpointer: Checkpointer
+    progress: TrainingLog
+    state: _State
+
+
 def train(job: TrainingJob) -> TrainingResult:
     """Train one fold of one configuration (see :class:`TrainingSettings` for the defaults)."""
     settings = job.settings or TrainingSettings()
     ctx = _Context(job)
+    device, dist = _start_runtime(settings)
+    settings = _resolve_workers(settings, device, dist)
+    train_ids, val_ids = _fold_split(ctx, job, dist)
+    dtype = amp_dtype(device, settings.amp)
+    memory_format = preferred_memory_format(device, ctx.config.dim, dtype, settings.channels_last)
+    model = _build_model(ctx, job, settings, device, dtype, memory_format)
+    checkpointer = Checkpointer(ctx.fold_dir, {
+        "dataset": ctx.dataset_name, "configuration": ctx.config.name, "plans": job.plans_name,
+        "fold": str(job.fold), "in_channels": model.in_channels, "num_classes": len(ctx.label_values),
+        "trainer": job.trainer_name, "settings": settings_metadata(settings),
+    })
+    state = _resume(job, checkpointer, model, device) if job.resume else _State()
+    progress = TrainingLog(ctx.fold_dir)
+    if dist.is_main:
+        progress.truncate(state.start_epoch)
+    run = _Run(ctx, settings, dist, model, checkpointer, progress, state)
+    remaining = (settings.epochs - state.start_epoch) * settings.iterations_per_epoch
+    step, compiling = _training_step(model, settings, device, dist, dtype, memory_format, remaining)
+
+    batch_size = max(1, ctx.config.batch_size // dist.world_size)
+    train_batches, aug = _batches(ctx, train_ids, settings, dist, True, batch_size)
+    val_batches, _ = _batches(ctx, val_ids, settings, dist, False, batch_size)
+    mirror_axes = tuple(aug.mirror_axes)
+    checkpointer.metadata["mirror_axes"] = list(mirror_axes)  # the predictor mirrors the same axes
+    if dist.is_main:
+        log.info(_start_banner(run, device, dtype, compiling, memory_format, len(train_ids), len(val_ids), batch_size))
+    show_bar = dist.is_main and sys.stderr.isatty()
+    try:
+        for epoch in range(state.start_epoch, settings.epochs):
+            _run_epoch(run, step, train_batches, val_batches, epoch, show_bar)
+    finally:
+        train_batches.close()
+        val_batches.close()
+
+    summary = _finish(run, job, val_ids, mirror_axes, device, dtype is not None)
+    return TrainingResult(ctx.fold_dir, settings.epochs - state.start_epoch, state.best_score, summary, model.network)
+
+
+def _start_runtime(settings: TrainingSettings) -> tuple[torch.device, DistributedContext]:
+    """The device (this process's GPU under DDP), its backend settings, the process group and seeds."""
     device = select_device(settings.device)
     configure_backends(device)
     dist = init_distributed(device.type)
@@ -148,7 +222,19 @@ def train(job: TrainingJob) -> TrainingResult:
         torch.cuda.set_device(device)
     torch.manual_seed(settings.seed + dist.rank)
     np.random.seed(settings.seed + dist.rank)
+    return device, dist
 
+
+def _resolve_workers(settings: TrainingSettings, device: torch.device, dist: DistributedContext) -> TrainingSettings:
+    """``settings`` with ``num_workers`` resolved (None: VS_N_PROC_DA, nnUNet_n_proc_DA, else from CPUs and device)."""
+    workers = resolve_num_workers(settings.num_workers, device.type)
+    if dist.is_main:
+        log.info("%s", workers.describe())
+    return replace(settings, num_workers=workers.count)
+
+
+def _fold_split(ctx: _Context, job: TrainingJob, dist: DistributedContext) -> tuple[list[str], list[str]]:
+    """Training and validation cases of the fold (the main process writes splits and model files)."""
     splits = load_or_create_splits(ctx.preprocessed_dir, ctx.case_ids) if dist.is_main else None
     barrier(dist)
     if splits is None:
@@ -157,134 +243,154 @@ def train(job: TrainingJob) -> TrainingResult:
     if dist.is_main:
         _copy_model_files(ctx)
         ctx.fold_dir.mkdir(parents=True, exist_ok=True)
+    return train_ids, val_ids
 
+
+def _build_model(
+    ctx: _Context, job: TrainingJob, settings: TrainingSettings, device: torch.device,
+    dtype: torch.dtype | None, memory_format: torch.memory_format,
+) -> _Model:
     in_channels = ctx.info.num_channels + (len(ctx.label_values) - 1 if ctx.previous_stage_dir else 0)
     network = build_network(ctx.config.network, in_channels, len(ctx.label_values)).to(device)
-    if device.type == "cpu" and ctx.config.dim == 3:
-        network = network.to(memory_format=torch.channels_last_3d)
+    if memory_format != torch.contiguous_format:
+        network = network.to(memory_format=memory_format)
     if job.pretrained is not None:
         load_pretrained_weights(network, job.pretrained)
-    optimizer = build_optimizer(network, settings)
-    use_amp = mixed_precision_enabled(device, settings.amp)
-    scaler = torch.amp.GradScaler("cuda") if use_amp and device.type == "cuda" else None  # bf16 needs no scaling
+    optimizer = build_optimizer(network, settings, device)
     loss_fn = build_loss(
         settings.loss, network.deep_supervision, network.num_outputs, batch_dice=ctx.config.batch_dice,
         kernel_size=[1 if k == 1 else 3 for k in ctx.config.network.kernel_sizes[0]],
     )
+    return _Model(network, in_channels, optimizer, make_grad_scaler(device, dtype), loss_fn)
 
-    checkpointer = Checkpointer(ctx.fold_dir, {
-        "dataset": ctx.dataset_name, "configuration": ctx.config.name, "plans": job.plans_name,
-        "fold": str(job.fold), "in_channels": in_channels, "num_classes": len(ctx.label_values),
-        "trainer": job.trainer_name, "settings": settings_metadata(settings),
-    })
-    start_epoch, best_score, ema = 0, -math.inf, None
-    if job.resume:
-        state = checkpointer.load_for_resume(map_location=device)
-        if state is not None:
-            unwrap(network).load_state_dict(state["network_weights"])
-            optimizer.load_state_dict(state["optimizer_state"])
-            if scaler is not None and state.get("grad_scaler_state"):
-                scaler.load_state_dict(state["grad_scaler_state"])
-            start_epoch = int(state["epoch"])
-            best_score = float(state.get("best_score", -math.inf))
-            ema = state.get("ema_score")
-        else:
-            log.warning("--continue: no checkpoint in %s, starting from scratch", ctx.fold_dir)
-    progress = TrainingLog(ctx.fold_dir)
-    if dist.is_main:
-        progress.truncate(start_epoch)
 
-    model = network
+def _resume(job: TrainingJob, checkpointer: Checkpointer, model: _Model, device: torch.device) -> _State:
+    """Weights, optimiser and scaler state from the latest checkpoint (``--continue``)."""
+    state = checkpointer.load_for_resume(map_location=device)
+    if state is None:
+        log.warning("--continue: no checkpoint in %s, starting from scratch", checkpointer.fold_dir)
+        return _State()
+    unwrap(model.network).load_state_dict(state["network_weights"])
+    model.optimizer.load_state_dict(_with_kernel_choice(state["optimizer_state"], model.optimizer))
+    if model.scaler is not None and state.get("grad_scaler_state"):
+        model.scaler.load_state_dict(state["grad_scaler_state"])
+    return _State(int(state["epoch"]), float(state.get("best_score", -math.inf)), state.get("ema_score"))
+
+
+def _with_kernel_choice(saved: dict, optimizer: torch.optim.Optimizer) -> dict:
+    """``saved`` optimiser state with this machine's fused/foreach choice.
+
+    ``load_state_dict`` restores every group option from the checkpoint, so a CPU checkpoint resumed
+    on a GPU would otherwise keep the CPU's (unfused) kernels.
+    """
+    groups = [
+        {**saved_group, **{k: group[k] for k in ("fused", "foreach") if k in group}}
+        for saved_group, group in zip(saved.get("param_groups", []), optimizer.param_groups, strict=False)
+    ]
+    return {**saved, "param_groups": groups} if groups else saved
+
+
+def _training_step(
+    model: _Model, settings: TrainingSettings, device: torch.device, dist: DistributedContext,
+    dtype: torch.dtype | None, memory_format: torch.memory_format, remaining_iterations: int,
+) -> tuple[TrainingStep, CompileDecision]:
+    """The per-iteration step around the (DDP-wrapped, maybe compiled) network."""
+    wrapped = model.network
     if dist.enabled:
-        model = torch.nn.parallel.DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
-    if settings.compile:
-        model = torch.compile(model)
+        wrapped = torch.nn.parallel.DistributedDataParallel(
+            model.network, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    decision = compile_decision(settings.compile, device, remaining_iterations)
+    step = TrainingStep(
+        wrapped, model.optimizer, model.loss_fn, device, dtype=dtype, grad_clip=settings.grad_clip,
+        memory_format=memory_format, scaler=model.scaler, compile_model=decision.enabled,
+    )
+    return step, decision
 
-    batch_size = max(1, ctx.config.batch_size // dist.world_size)
-    train_batches, aug = _batches(ctx, train_ids, settings, dist, True, batch_size)
-    val_batches, _ = _batches(ctx, val_ids, settings, dist, False, batch_size)
-    mirror_axes = tuple(aug.mirror_axes)
-    checkpointer.metadata["mirror_axes"] = list(mirror_axes)  # the predictor mirrors the same axes
-    show_bar = dist.is_main and sys.stderr.isatty()
-    try:
-        for epoch in range(start_epoch, settings.epochs):
-            started = time.perf_counter()
-            lr = poly_lr(settings.initial_lr, epoch, settings.epochs)
-            set_lr(optimizer, lr)
-            model.train()
-            loss_sum = torch.zeros((), device=device)  # summed on the device: no GPU sync per iteration
-            for _ in tqdm(range(settings.iterations_per_epoch), desc=f"epoch {epoch}", disable=not show_bar, leave=False):
-                batch = next(train_batches)
-                data = batch["data"].to(device, non_blocking=True)
-                target = batch["target"].to(device, non_blocking=True)
-                if device.type == "cpu" and data.ndim == 5:
-                    data = data.contiguous(memory_format=torch.channels_last_3d)
-                optimizer.zero_grad(set_to_none=True)
-                with autocast(device, use_amp):
-                    loss = loss_fn(model(data), target)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-                    optimizer.step()
-                loss_sum += loss.detach()
-            data_wait = train_batches.pop_mean_wait()
-            train_loss = loss_sum.item() / settings.iterations_per_epoch
 
-            model.eval()
-            metrics = PseudoMetrics(len(ctx.label_values))
-            val_losses = []
-            with torch.no_grad():
-                for _ in range(settings.validation_iterations):
-                    batch = next(val_batches)
-                    data = batch["data"].to(device, non_blocking=True)
-                    target = batch["target"].to(device, non_blocking=True)
-                    with autocast(device, use_amp):
-                        out = model(data)
-                        val_losses.append(loss_fn(out, target).item())
-                    metrics.update((out[0] if isinstance(out, (list, tuple)) else out).float(), target)
-            val_batches.pop_mean_wait()
-            score = selection_score(metrics.dice, metrics.cldice)
-            ema = score if ema is None else settings.ema_decay * ema + (1 - settings.ema_decay) * score
-            extra = {"best_score": max(best_score, ema), "ema_score": ema}
-            if dist.is_main:
-                if ema > best_score:
-                    best_score = ema
-                    checkpointer.save("best", checkpointer.state(network, None, None, epoch + 1, extra))
-                if (epoch + 1) % settings.checkpoint_every == 0 or epoch + 1 == settings.epochs:
-                    checkpointer.save("latest", checkpointer.state(network, optimizer, scaler, epoch + 1, extra))
-                if settings.snapshot_every and (epoch + 1) % settings.snapshot_every == 0:
-                    checkpointer.save(snapshot_name(epoch + 1), checkpointer.state(network, None, None, epoch + 1, extra))
-                progress.append(EpochRecord(
-                    epoch=epoch, train_loss=train_loss, val_loss=float(np.mean(val_losses)),
-                    pseudo_dice=metrics.dice, pseudo_cldice=metrics.cldice, ema_score=float(ema), learning_rate=lr,
-                    epoch_seconds=time.perf_counter() - started, data_wait_seconds=data_wait,
-                ))
-                log.info(
-                    "epoch %d: train loss %.4f, val loss %.4f, pseudo Dice %.4f, pseudo clDice %.4f, %.1f s (data wait %.3f s/it)",
-                    epoch, train_loss, np.mean(val_losses), metrics.dice, metrics.cldice,
-                    time.perf_counter() - started, data_wait,
-                )
-    finally:
-        train_batches.close()
-        val_batches.close()
+def _start_banner(
+    run: _Run, device: torch.device, dtype: torch.dtype | None, compiling: CompileDecision,
+    memory_format: torch.memory_format, num_train: int, num_val: int, batch_size: int,
+) -> str:
+    """One line with what decides the speed of this run."""
+    where = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
+    layout = "channels_last_3d" if memory_format == torch.channels_last_3d else "contiguous"
+    batch = f"{batch_size} x {run.dist.world_size} processes" if run.dist.enabled else str(batch_size)
+    return (
+        f"training on {where}: mixed precision: {dtype_name(dtype)}, compile: {compiling}, memory format: {layout}, "
+        f"{run.settings.num_workers} worker(s), {num_train} training / {num_val} validation cases, "
+        f"patch {'x'.join(str(s) for s in run.ctx.config.patch_size)}, batch {batch}"
+    )
 
+
+def _run_epoch(run: _Run, step: TrainingStep, train_batches, val_batches, epoch: int, show_bar: bool) -> None:
+    settings = run.settings
+    started = time.perf_counter()
+    lr = scheduled_lr(settings, epoch, 0)
+    step.model.train()
+    for iteration in tqdm(range(settings.iterations_per_epoch), desc=f"epoch {epoch}", disable=not show_bar, leave=False):
+        set_lr(step.optimizer, scheduled_lr(settings, epoch, iteration))
+        step(next(train_batches))
+    data_wait = train_batches.pop_mean_wait()
+    train_loss = step.pop_mean_loss()  # the epoch's one synchronisation for training
+
+    step.model.eval()
+    metrics = PseudoMetrics(len(run.ctx.label_values))
+    val_loss_sum = torch.zeros((), device=step.device)  # summed on the device: no sync per batch
+    for _ in range(settings.validation_iterations):
+        out, target, loss = step.evaluate(next(val_batches))
+        val_loss_sum += loss
+        metrics.update((out[0] if isinstance(out, (list, tuple)) else out).float(), target)
+    val_batches.pop_mean_wait()
+    val_loss = val_loss_sum.item() / settings.validation_iterations if settings.validation_iterations else math.nan
+    _end_epoch(run, step, epoch, EpochRecord(
+        epoch=epoch, train_loss=train_loss, val_loss=val_loss, pseudo_dice=metrics.dice, pseudo_cldice=metrics.cldice,
+        ema_score=math.nan, learning_rate=lr, epoch_seconds=0.0, data_wait_seconds=data_wait,
+    ), started)
+
+
+def _end_epoch(run: _Run, step: TrainingStep, epoch: int, record: EpochRecord, started: float) -> None:
+    """EMA score, best/latest/snapshot checkpoints, the progress log and the epoch's log line."""
+    settings, state, checkpointer = run.settings, run.state, run.checkpointer
+    score = selection_score(record.pseudo_dice, record.pseudo_cldice)
+    state.ema = score if state.ema is None else settings.ema_decay * state.ema + (1 - settings.ema_decay) * score
+    if not run.dist.is_main:
+        return
+    network = run.model.network
+    extra = {"best_score": max(state.best_score, state.ema), "ema_score": state.ema}
+    if state.ema > state.best_score:
+        state.best_score = state.ema
+        checkpointer.save("best", checkpointer.state(network, None, None, epoch + 1, extra))
+    if (epoch + 1) % settings.checkpoint_every == 0 or epoch + 1 == settings.epochs:
+        checkpointer.save("latest", checkpointer.state(network, step.optimizer, step.scaler, epoch + 1, extra))
+    if settings.snapshot_every and (epoch + 1) % settings.snapshot_every == 0:
+        checkpointer.save(snapshot_name(epoch + 1), checkpointer.state(network, None, None, epoch + 1, extra))
+    record.ema_score = float(state.ema)
+    record.epoch_seconds = time.perf_counter() - started
+    run.progress.append(record)
+    log.info(
+        "epoch %d: train loss %.4f, val loss %.4f, pseudo Dice %.4f, pseudo clDice %.4f, %.1f s (data wait %.3f s/it)",
+        epoch, record.train_loss, record.val_loss, record.pseudo_dice, record.pseudo_cldice,
+        time.perf_counter() - started, record.data_wait_seconds,
+    )
+
+
+def _finish(run: _Run, job: TrainingJob, val_ids, mirror_axes, device: torch.device, amp: bool) -> dict | None:
+    """Final checkpoint, full-volume validation and next-stage predictions (main process), then shut down."""
     summary = None
-    if dist.is_main:
-        checkpointer.save("final", checkpointer.state(network, None, None, settings.epochs, {"best_score": best_score}))
+    settings, network = run.settings, run.model.network
+    if run.dist.is_main:
+        run.checkpointer.save(
+            "final", run.checkpointer.state(network, None, None, settings.epochs, {"best_score": run.state.best_score})
+        )
         if settings.final_validation:
             summary = _final_validation(
-                ctx, network, val_ids, mirror_axes, device, use_amp, settings.save_validation_probabilities
+                run.ctx, network, val_ids, mirror_axes, device, amp, settings.save_validation_probabilities
             )
-            _predict_for_next_stage(ctx, network, job, mirror_axes, device, use_amp)
-    barrier(dist)
-    shutdown(dist)
-    return TrainingResult(ctx.fold_dir, settings.epochs - start_epoch, best_score, summary, network)
+            _predict_for_next_stage(run.ctx, network, job, mirror_axes, device, amp)
+    barrier(run.dist)
+    shutdown(run.dist)
+    return summary
 
 
 def _final_validation(ctx: _Context, network, val_ids, mirror_axes, device, amp, save_probabilities: bool) -> dict:

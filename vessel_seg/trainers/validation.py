@@ -33,7 +33,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PseudoMetrics:
-    """Running totals over the validation patches of one epoch."""
+    """Running totals over the validation patches of one epoch.
+
+    :meth:`update` never waits for the device: true/false positive counts are summed where the
+    logits are, and the foreground masks for clDice are copied to the host without blocking. The
+    first read of :attr:`dice` or :attr:`cldice` synchronises once and computes the rest.
+    """
 
     num_classes: int
     tp: np.ndarray = field(init=False)
@@ -43,29 +48,48 @@ class PseudoMetrics:
 
     def __post_init__(self) -> None:
         self.tp, self.fp, self.fn = (np.zeros(self.num_classes - 1) for _ in range(3))
+        self._counts: torch.Tensor | None = None  # (3, K - 1) on the device, not yet added to tp/fp/fn
+        self._masks: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
         """Add a batch: ``logits`` ``(B, K, *S)``, ``target`` ``(B, 1, *S)`` class indices."""
         pred = torch.argmax(logits, dim=1)
         ref = target[:, 0].long()
+        counts = []
         for c in range(1, self.num_classes):
             p, r = pred == c, ref == c
-            self.tp[c - 1] += int((p & r).sum())
-            self.fp[c - 1] += int((p & ~r).sum())
-            self.fn[c - 1] += int((~p & r).sum())
-        pred_fg, ref_fg = (pred > 0).cpu().numpy(), (ref > 0).cpu().numpy()
-        for p, r in zip(pred_fg, ref_fg, strict=True):
-            if p.any() or r.any():
-                self.cldice_values.append(cldice(p, r))
+            counts.append(torch.stack([(p & r).sum(), (p & ~r).sum(), (~p & r).sum()]))
+        if counts:
+            batch_counts = torch.stack(counts, dim=1)
+            self._counts = batch_counts if self._counts is None else self._counts + batch_counts
+        self._masks.append(((pred > 0).to("cpu", non_blocking=True), (ref > 0).to("cpu", non_blocking=True)))
+
+    def _collect(self) -> None:
+        """Bring pending counts and masks to the host (one synchronisation) and score the masks."""
+        if self._counts is not None:
+            counts = self._counts.cpu().numpy()  # blocking: waits for the masks queued before it, too
+            self.tp += counts[0]
+            self.fp += counts[1]
+            self.fn += counts[2]
+            self._counts = None
+        elif self._masks and torch.cuda.is_available():
+            torch.cuda.synchronize()
+        for pred_fg, ref_fg in self._masks:
+            for p, r in zip(pred_fg.numpy(), ref_fg.numpy(), strict=True):
+                if p.any() or r.any():
+                    self.cldice_values.append(cldice(p, r))
+        self._masks = []
 
     @property
     def dice(self) -> float:
+        self._collect()
         denom = 2 * self.tp + self.fp + self.fn
         per_class = np.where(denom > 0, 2 * self.tp / np.maximum(denom, 1), np.nan)
         return float(np.nanmean(per_class)) if np.isfinite(per_class).any() else 0.0
 
     @property
     def cldice(self) -> float:
+        self._collect()
         return float(np.mean(self.cldice_values)) if self.cldice_values else 0.0
 
 
