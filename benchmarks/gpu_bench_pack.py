@@ -2,7 +2,7 @@
 
 Usage::
 
-    # here (network to the package registry): about 75 MB of wheels -> one ~40 MB archive
+    # here (network to the package registry): 67 MiB of wheels -> one 37 MiB archive
     .venv/bin/python benchmarks/gpu_bench_pack.py pack [--out benchmarks/work/gpu_pack] [--python-version 3.12]
     # there (no network; Python standard library and pip only)
     python3 benchmarks/gpu_bench_pack.py install --pack benchmarks/work/gpu_pack --target /tmp/site
@@ -12,11 +12,11 @@ scikit-learn, seaborn, einops, requests, msgpack and py-cpuinfo, but neither ves
 libraries nor nnU-Net v2. ``pack`` downloads binary wheels of :data:`REQUIREMENTS` for CPython
 ``--python-version`` on manylinux x86-64 without their dependencies (each needed one is listed),
 builds acvl-utils from its sdist (the index has no wheel) and vessel_seg from this checkout, then
-stores every wheel uncompressed in one tar archive compressed with xz: SimpleITK's 53 MB wheel
-alone is deflate-compressed; xz over the stored contents packs everything into less than the
-device call's 64 MiB (working tree included). ``MANIFEST.json`` lists the wheels with sizes and
-SHA-256. ``install`` unpacks the archive with Python's ``lzma`` and runs ``pip install --no-index
---no-deps --target``; it never needs the network. The versions are those tested with the project
+stores every wheel uncompressed in one tar archive compressed with xz (``xz -T0`` where installed):
+the wheels are deflate-compressed (SimpleITK's alone is 53 MB); xz over the stored contents packs
+all into 37 MiB, below the 64 MiB a device call carries (working tree included). ``MANIFEST.json``
+lists the wheels with sizes and SHA-256. ``install`` unpacks the archive with Python's ``lzma`` and
+runs ``pip install --no-index --no-deps --target``; it never needs the network. The versions are those tested with the project
 (vessel_seg's own dependencies as in its venv, nnU-Net's as in ``/tmp/nnunet_venv``); blosc2 stays
 at 3.12.x, whose import is lighter than 4.x's.
 """

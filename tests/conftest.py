@@ -16,3 +16,22 @@ def data_roots(tmp_path, monkeypatch):
         path.mkdir()
         monkeypatch.setenv(f"VS_{name.upper()}", str(path))
     return roots
+
+
+def load_benchmark_script(name: str):
+    """Import ``benchmarks/<name>.py`` as module ``name`` (benchmarks/ is not a package).
+
+    Yields the module and removes it from ``sys.modules`` afterwards; use it from a fixture as
+    ``yield from load_benchmark_script("learning_curves")``.
+    """
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses resolve their module through sys.modules
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(name, None)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_benchmark_script
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 NNUNET_PYTHON = Path("/tmp/nnunet_venv/bin/python")
@@ -17,12 +16,7 @@ NNUNET_PYTHON = Path("/tmp/nnunet_venv/bin/python")
 @pytest.fixture(scope="module")
 def bench():
     """loader_throughput loaded from its file; it puts benchmarks/ on sys.path for its sibling modules."""
-    spec = importlib.util.spec_from_file_location("loader_throughput", BENCHMARKS / "loader_throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield from load_benchmark_script("loader_throughput")
 
 
 def tiny_args(tmp_path, *extra):

@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="also keep the weights every N epochs as checkpoint_epochNNNN.pt (default 0: never)",
     )
     parser.add_argument("--seed", type=int, default=TrainingSettings.seed)
+    parser.add_argument("--warmup-iterations", type=int, default=TrainingSettings.warmup_iterations,
+                        help="linear learning-rate warm-up over the first N steps (default 0: none)")
     parser.add_argument("--continue", dest="resume", action="store_true", help="resume from the latest checkpoint")
     parser.add_argument("--pretrained", type=Path, help="initialise from another model's checkpoint (fine-tuning)")
     parser.add_argument("--no-final-validation", action="store_true", help="skip full-volume validation at the end")
@@ -73,6 +75,7 @@ def _command(args: argparse.Namespace) -> int:
             loss=args.loss, optimizer=args.optimizer, learning_rate=args.lr, device=args.device,
             num_workers=args.num_workers, amp=not args.no_amp, compile=args.compile, channels_last=not args.no_channels_last,
             checkpoint_every=args.checkpoint_every, snapshot_every=args.snapshot_every, seed=args.seed, final_validation=not args.no_final_validation,
+            warmup_iterations=args.warmup_iterations,
             save_validation_probabilities=not args.no_validation_probabilities,
         )
     except ValueError as exc:
