@@ -35,7 +35,7 @@ def reference(patch, angle, order, p_rotation, p_scale, elastic=False):
     )
 
 
-def compare(ours, theirs, data, seg, seed):
+def assert_matches_reference(ours, theirs, data, seg, seed):
     np.random.seed(seed)
     expected = theirs(data=data.copy(), target=seg.copy())
     drawn = np.random.get_state()[2]
@@ -56,7 +56,7 @@ def test_spatial_matches_batchgenerators(patch, degrees, labels, order):
     ours = SpatialAugmentation(patch, angle, (0.7, 1.4), p_rotation=0.6, p_scale=0.6, order_data=order)
     for seed in range(3):
         data, seg = smooth_batch(sample, labels, seed=seed)
-        compare(ours, reference(patch, angle, order, 0.6, 0.6), data, seg, seed)
+        assert_matches_reference(ours, reference(patch, angle, order, 0.6, 0.6), data, seg, seed)
 
 
 @pytest.mark.parametrize("order", [1, 3])
@@ -65,7 +65,7 @@ def test_elastic_deformation_matches_batchgenerators(order):
     ours = SpatialAugmentation(patch, angle, (0.7, 1.4), p_rotation=0.5, p_scale=0.5, elastic=True, p_elastic=1.0,
                                order_data=order)
     data, seg = smooth_batch((26, 28, 26), 2, seed=4)
-    compare(ours, reference(patch, angle, order, 0.5, 0.5, elastic=True), data, seg, 4)
+    assert_matches_reference(ours, reference(patch, angle, order, 0.5, 0.5, elastic=True), data, seg, 4)
 
 
 def test_no_draw_is_a_plain_centre_crop():

@@ -263,13 +263,13 @@ def test_optimizer_kernels_follow_the_device():
 
 
 def test_resumed_optimizer_keeps_this_machines_kernels():
-    from vessel_seg.trainers.trainer import _with_kernel_choice
+    from vessel_seg.trainers.optimization import with_this_machines_kernels
 
     network, settings, loss_fn, batch = _parts()
     saved = build_optimizer(network, settings)  # e.g. saved by an older version: default kernels
     TrainingStep(network, saved, loss_fn, CPU)(batch)
     optimizer = build_optimizer(network, settings, CPU)
-    optimizer.load_state_dict(_with_kernel_choice(saved.state_dict(), optimizer))
+    optimizer.load_state_dict(with_this_machines_kernels(saved.state_dict(), optimizer))
     assert optimizer.param_groups[0]["foreach"] is True
     assert optimizer.state_dict()["state"].keys() == saved.state_dict()["state"].keys()
 

@@ -225,6 +225,26 @@ def _cascade_transforms(cascade_labels: Sequence[int] | None, num_image_channels
     return steps
 
 
+def _intensity_steps(fixed: int | None) -> list:
+    """The intensity part of the recipe (noise, blur, brightness, contrast, low resolution, gamma); image only.
+
+    ``fixed`` is the coarse axis of dummy-2D data, which low-resolution simulation leaves alone.
+    """
+    return [
+        GaussianNoiseTransform(noise_variance=(0.0, 0.1), p_per_sample=0.1, data_key=DATA),
+        GaussianBlurTransform((0.5, 1.0), different_sigma_per_channel=True, p_per_sample=0.2, p_per_channel=0.5,
+                              data_key=DATA),
+        BrightnessMultiplicativeTransform(multiplier_range=(0.75, 1.25), p_per_sample=0.15, data_key=DATA),
+        ContrastAugmentationTransform(p_per_sample=0.15, data_key=DATA),
+        SimulateLowResolution((0.5, 1.0), p_per_sample=0.25, p_per_channel=0.5,
+                              ignore_axes=(fixed,) if fixed is not None else None, data_key=DATA),
+        GammaTransform((0.7, 1.5), invert_image=True, per_channel=True, retain_stats=True, p_per_sample=0.1,
+                       data_key=DATA),
+        GammaTransform((0.7, 1.5), invert_image=False, per_channel=True, retain_stats=True, p_per_sample=0.3,
+                       data_key=DATA),
+    ]
+
+
 def training_transforms(
     patch_size: Sequence[int],
     spacing: Sequence[float],
@@ -298,19 +318,7 @@ def training_transforms(
         label_key=TARGET,
     )
     steps: list = [Convert3DTo2D(fixed), spatial, Convert2DTo3D(fixed)] if fixed is not None else [spatial]
-    steps += [
-        GaussianNoiseTransform(noise_variance=(0.0, 0.1), p_per_sample=0.1, data_key=DATA),
-        GaussianBlurTransform((0.5, 1.0), different_sigma_per_channel=True, p_per_sample=0.2, p_per_channel=0.5,
-                              data_key=DATA),
-        BrightnessMultiplicativeTransform(multiplier_range=(0.75, 1.25), p_per_sample=0.15, data_key=DATA),
-        ContrastAugmentationTransform(p_per_sample=0.15, data_key=DATA),
-        SimulateLowResolution((0.5, 1.0), p_per_sample=0.25, p_per_channel=0.5,
-                              ignore_axes=(fixed,) if fixed is not None else None, data_key=DATA),
-        GammaTransform((0.7, 1.5), invert_image=True, per_channel=True, retain_stats=True, p_per_sample=0.1,
-                       data_key=DATA),
-        GammaTransform((0.7, 1.5), invert_image=False, per_channel=True, retain_stats=True, p_per_sample=0.3,
-                       data_key=DATA),
-    ]
+    steps += _intensity_steps(fixed)
     if axes:
         steps.append(MirrorTransform(axes, data_key=DATA, label_key=TARGET))
     steps += _cascade_transforms(cascade_labels, num_image_channels, train=True)

@@ -48,3 +48,16 @@ def scheduled_lr(settings: TrainingSettings, epoch: int, iteration: int) -> floa
     if step < settings.warmup_iterations:
         lr *= (step + 1) / settings.warmup_iterations
     return lr
+
+
+def with_this_machines_kernels(saved: dict, optimizer: torch.optim.Optimizer) -> dict:
+    """``saved`` optimiser state with this machine's fused/foreach choice.
+
+    ``load_state_dict`` restores every group option from the checkpoint, so a CPU checkpoint resumed
+    on a GPU would otherwise keep the CPU's (unfused) kernels.
+    """
+    groups = [
+        {**saved_group, **{k: group[k] for k in ("fused", "foreach") if k in group}}
+        for saved_group, group in zip(saved.get("param_groups", []), optimizer.param_groups, strict=False)
+    ]
+    return {**saved, "param_groups": groups} if groups else saved

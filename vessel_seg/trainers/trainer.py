@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -20,24 +19,22 @@ import torch
 from tqdm import tqdm
 
 from vessel_seg.case_store import list_cases
-from vessel_seg.dataset import DatasetInfo
 from vessel_seg.device import amp_dtype, configure_backends, dtype_name, preferred_memory_format, select_device
-from vessel_seg.errors import DatasetError, VesselSegError
-from vessel_seg.model_folder import DEFAULT_TRAINER, fold_name, model_dir, snapshot_name
+from vessel_seg.model_folder import snapshot_name
 from vessel_seg.networks.resunet import build_network
-from vessel_seg.paths import preprocessed_root, raw_root, resolve_dataset
-from vessel_seg.planners.plans import ConfigurationPlan, Plans
+from vessel_seg.paths import raw_root
 from vessel_seg.trainers.augmentation import training_transforms, validation_transforms
 from vessel_seg.trainers.background import BackgroundBatches
 from vessel_seg.trainers.checkpointer import Checkpointer, load_pretrained_weights, settings_metadata, unwrap
 from vessel_seg.trainers.dataloading import PatchLoader
 from vessel_seg.trainers.distributed import DistributedContext, barrier, init_distributed, shutdown
 from vessel_seg.trainers.losses import build_loss
-from vessel_seg.trainers.optimization import build_optimizer, scheduled_lr, set_lr
+from vessel_seg.trainers.optimization import build_optimizer, scheduled_lr, set_lr, with_this_machines_kernels
 from vessel_seg.trainers.progress import EpochRecord, TrainingLog
 from vessel_seg.trainers.settings import TrainingSettings
 from vessel_seg.trainers.splits import fold_cases, load_or_create_splits
 from vessel_seg.trainers.step import CompileDecision, TrainingStep, compile_decision, make_grad_scaler
+from vessel_seg.trainers.training_context import TrainingContext, TrainingJob, copy_model_files
 from vessel_seg.trainers.validation import (
     PseudoMetrics,
     predict_next_stage,
@@ -50,18 +47,6 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class TrainingJob:
-    dataset: str | int
-    configuration: str
-    fold: int | str
-    plans_name: str = "vs_plans"
-    settings: TrainingSettings | None = None
-    resume: bool = False
-    pretrained: Path | None = None
-    trainer_name: str = DEFAULT_TRAINER
-
-
-@dataclass
 class TrainingResult:
     fold_dir: Path
     epochs_run: int
@@ -70,53 +55,7 @@ class TrainingResult:
     network: torch.nn.Module | None = None
 
 
-class _Context:
-    """Resolved paths, plans and data folders of one job."""
-
-    def __init__(self, job: TrainingJob):
-        self.dataset_name = resolve_dataset(job.dataset, [preprocessed_root(), raw_root()])
-        self.preprocessed_dir = preprocessed_root() / self.dataset_name
-        self.plans = Plans.load(self.preprocessed_dir / f"{job.plans_name}.json")
-        self.config: ConfigurationPlan = self.plans.configuration(job.configuration)
-        self.info = DatasetInfo.load(self.preprocessed_dir / "dataset.json")
-        self.data_dir = self.preprocessed_dir / self.config.data_identifier
-        self.case_ids = list_cases(self.data_dir)
-        if not self.case_ids:
-            raise DatasetError(
-                f"{self.data_dir}: no preprocessed cases; run vs_plan_and_preprocess -d {job.dataset} "
-                f"-pl {job.plans_name} -c {job.configuration}"
-            )
-        self.model_dir = model_dir(self.dataset_name, job.configuration, job.plans_name, job.trainer_name)
-        self.fold_dir = self.model_dir / fold_name(job.fold)
-        self.label_values = sorted(self.plans.labels.values())
-        self.previous_stage_dir = self._previous_stage_dir(job)
-
-    def _previous_stage_dir(self, job: TrainingJob) -> Path | None:
-        previous = self.config.previous_stage
-        if previous is None:
-            return None
-        folder = (
-            model_dir(self.dataset_name, previous, job.plans_name, job.trainer_name)
-            / fold_name(job.fold) / "predicted_next_stage" / self.config.name
-        )
-        missing = [c for c in self.case_ids if not (folder / f"{c}.npy").is_file()]
-        if missing:
-            raise VesselSegError(
-                f"{folder}: the {previous} predictions of fold {job.fold} are missing for {len(missing)} case(s) "
-                f"(e.g. {missing[0]}); train the previous stage first: vs_train {job.dataset} {previous} {job.fold}"
-            )
-        return folder
-
-
-def _copy_model_files(ctx: _Context) -> None:
-    ctx.model_dir.mkdir(parents=True, exist_ok=True)
-    ctx.plans.save(ctx.model_dir / "plans.json")
-    for name in ("dataset.json", "fingerprint.json"):
-        if (ctx.preprocessed_dir / name).is_file():
-            shutil.copyfile(ctx.preprocessed_dir / name, ctx.model_dir / name)
-
-
-def _batches(ctx: _Context, ids, settings, dist: DistributedContext, train: bool, batch_size: int):
+def _batches(ctx: TrainingContext, ids, settings, dist: DistributedContext, train: bool, batch_size: int):
     """Background batch iterator and the augmentation that feeds it."""
     cascade_labels = ctx.label_values[1:] if ctx.previous_stage_dir is not None else None
     num_channels = ctx.info.num_channels
@@ -161,7 +100,7 @@ class _State:
 
 @dataclass
 class _Run:
-    ctx: _Context
+    ctx: TrainingContext
     settings: TrainingSettings
     dist: DistributedContext
     model: _Model
@@ -173,7 +112,7 @@ class _Run:
 def train(job: TrainingJob) -> TrainingResult:
     """Train one fold of one configuration (see :class:`TrainingSettings` for the defaults)."""
     settings = job.settings or TrainingSettings()
-    ctx = _Context(job)
+    ctx = TrainingContext(job)
     device, dist = _start_runtime(settings)
     settings = _resolve_workers(settings, device, dist)
     train_ids, val_ids = _fold_split(ctx, job, dist)
@@ -233,7 +172,7 @@ def _resolve_workers(settings: TrainingSettings, device: torch.device, dist: Dis
     return replace(settings, num_workers=workers.count)
 
 
-def _fold_split(ctx: _Context, job: TrainingJob, dist: DistributedContext) -> tuple[list[str], list[str]]:
+def _fold_split(ctx: TrainingContext, job: TrainingJob, dist: DistributedContext) -> tuple[list[str], list[str]]:
     """Training and validation cases of the fold (the main process writes splits and model files)."""
     splits = load_or_create_splits(ctx.preprocessed_dir, ctx.case_ids) if dist.is_main else None
     barrier(dist)
@@ -241,13 +180,13 @@ def _fold_split(ctx: _Context, job: TrainingJob, dist: DistributedContext) -> tu
         splits = load_or_create_splits(ctx.preprocessed_dir, ctx.case_ids)
     train_ids, val_ids = fold_cases(splits, job.fold)
     if dist.is_main:
-        _copy_model_files(ctx)
+        copy_model_files(ctx)
         ctx.fold_dir.mkdir(parents=True, exist_ok=True)
     return train_ids, val_ids
 
 
 def _build_model(
-    ctx: _Context, job: TrainingJob, settings: TrainingSettings, device: torch.device,
+    ctx: TrainingContext, job: TrainingJob, settings: TrainingSettings, device: torch.device,
     dtype: torch.dtype | None, memory_format: torch.memory_format,
 ) -> _Model:
     in_channels = ctx.info.num_channels + (len(ctx.label_values) - 1 if ctx.previous_stage_dir else 0)
@@ -271,23 +210,10 @@ def _resume(job: TrainingJob, checkpointer: Checkpointer, model: _Model, device:
         log.warning("--continue: no checkpoint in %s, starting from scratch", checkpointer.fold_dir)
         return _State()
     unwrap(model.network).load_state_dict(state["network_weights"])
-    model.optimizer.load_state_dict(_with_kernel_choice(state["optimizer_state"], model.optimizer))
+    model.optimizer.load_state_dict(with_this_machines_kernels(state["optimizer_state"], model.optimizer))
     if model.scaler is not None and state.get("grad_scaler_state"):
         model.scaler.load_state_dict(state["grad_scaler_state"])
     return _State(int(state["epoch"]), float(state.get("best_score", -math.inf)), state.get("ema_score"))
-
-
-def _with_kernel_choice(saved: dict, optimizer: torch.optim.Optimizer) -> dict:
-    """``saved`` optimiser state with this machine's fused/foreach choice.
-
-    ``load_state_dict`` restores every group option from the checkpoint, so a CPU checkpoint resumed
-    on a GPU would otherwise keep the CPU's (unfused) kernels.
-    """
-    groups = [
-        {**saved_group, **{k: group[k] for k in ("fused", "foreach") if k in group}}
-        for saved_group, group in zip(saved.get("param_groups", []), optimizer.param_groups, strict=False)
-    ]
-    return {**saved, "param_groups": groups} if groups else saved
 
 
 def _training_step(
@@ -393,7 +319,7 @@ def _finish(run: _Run, job: TrainingJob, val_ids, mirror_axes, device: torch.dev
     return summary
 
 
-def _final_validation(ctx: _Context, network, val_ids, mirror_axes, device, amp, save_probabilities: bool) -> dict:
+def _final_validation(ctx: TrainingContext, network, val_ids, mirror_axes, device, amp, save_probabilities: bool) -> dict:
     started = time.perf_counter()
     summary = validate_full_volumes(
         network, ctx.plans, ctx.config, ctx.info, val_ids, ctx.data_dir, raw_root() / ctx.dataset_name / "labelsTr",
@@ -405,7 +331,7 @@ def _final_validation(ctx: _Context, network, val_ids, mirror_axes, device, amp,
     return summary
 
 
-def _predict_for_next_stage(ctx: _Context, network, job: TrainingJob, mirror_axes, device, amp) -> None:
+def _predict_for_next_stage(ctx: TrainingContext, network, job: TrainingJob, mirror_axes, device, amp) -> None:
     """3d_lowres feeds the cascade: segment every case of this fold for the next stage."""
     next_name = ctx.config.next_stage
     if next_name is None:
