@@ -18,9 +18,11 @@ from vessel_seg.errors import ImageReadError, VesselSegError
 from vessel_seg.imageio import ImageGeometry, read_array, write_image
 from vessel_seg.inference import device_prediction as dp
 from vessel_seg.inference.case_pipeline import run_overlapped
+from vessel_seg.inference.device_resampling import normalize_on_device
 from vessel_seg.inference.prediction_run import PredictionOptions, predict_cases
 from vessel_seg.inference.predictor import TrainedModel, predict_image
 from vessel_seg.inference.sliding_window import iter_logit_slabs, mirror_combinations, mirrored_forward
+from vessel_seg.planners.normalization import normalize
 from vessel_seg.planners.plans import ChannelIntensity, ConfigurationPlan, NetworkTopology, Plans
 
 GB = 1e9
@@ -162,6 +164,18 @@ def test_device_path_matches_streamed_path(monkeypatch, spacing, order, agreemen
     assert set(np.unique(streamed)) == {0, 1, 5}  # every class present, so the comparison means something
     assert (device_side == streamed).mean() >= agreement
     assert not device_side[:, :3].any()  # outside the crop box
+
+
+@pytest.mark.parametrize("schemes", [["ct"], ["ct_soft"], ["zscore"]])
+def test_device_normalisation_equals_the_cpu_normalisation(schemes):
+    rng = np.random.default_rng(3)
+    image = np.concatenate([rng.normal(100, 400, 2998), [-3000.0, 5000.0]]).astype(np.float32).reshape(1, 2, 30, 50)
+    stats = {"0": ChannelIntensity(mean=120.0, std=60.0, percentile_00_5=-40.0, percentile_99_5=350.0)}
+    expected = normalize(image, schemes, stats)
+    got = normalize_on_device(torch.from_numpy(image.copy()), schemes, stats).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    window = (350.0 + 40.0) / 60.0  # what hard clipping leaves
+    assert np.ptp(expected) > window + 2 or schemes == ["ct"]  # outliers reach the soft and z-score paths
 
 
 def test_device_path_is_chosen_by_memory_and_not_for_cascades(monkeypatch):

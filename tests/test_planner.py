@@ -58,7 +58,7 @@ def test_isotropic_small_images_get_2d_and_fullres_only():
     assert all(len(set(s)) == 1 for s in full.network.strides)  # isotropic downsampling
     assert full.network.blocks_per_stage == [1, 2, 2, 3, 3][: full.network.num_stages]
     assert full.network.blocks_per_stage_decoder == [1] * (full.network.num_stages - 1)
-    assert full.normalization == ["ct"] and full.data_identifier == "vs_plans_3d_fullres"
+    assert full.normalization == ["ct_soft"] and full.data_identifier == "vs_plans_3d_fullres"
     assert (full.resampling_order_image, full.resampling_order_label) == (3, 1)
     assert plans.configuration("2d").network.dim == 2 and len(plans.configuration("2d").spacing) == 2
     assert plan_experiment(fingerprint([96] * 3, [1.0] * 3), MRI, "D").configuration("2d").normalization == ["zscore"]

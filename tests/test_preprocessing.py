@@ -154,6 +154,21 @@ def test_ct_normalisation_clips_then_uses_dataset_statistics():
     assert out.dtype == np.float32 and data[0, 0, 0, 0] == -1000.0  # input untouched
 
 
+def test_soft_ct_normalisation_keeps_bone_brighter_than_lumen():
+    # lumen up to the 99.5th percentile (300 HU), bone 700 HU and 1500 HU, a 3000 HU implant
+    data = np.array([-1000.0, -50.0, 100.0, 300.0, 700.0, 1500.0, 3000.0], np.float32).reshape(1, 1, 1, 7)
+    stats = {"0": ChannelIntensity(mean=100.0, std=50.0, percentile_00_5=-50.0, percentile_99_5=300.0)}
+    soft = normalize(data, ["ct_soft"], stats).ravel()
+    hard = normalize(data, ["ct"], stats).ravel()
+    np.testing.assert_allclose(soft[1:4], hard[1:4])  # unchanged inside the window
+    assert np.all(np.diff(soft) > 0)  # order kept: bone > lumen, implant > bone
+    np.testing.assert_allclose(soft[4], 4.0 + np.log1p(8.0), rtol=1e-6)  # hi + std*log1p(400/50), in std units
+    np.testing.assert_allclose(soft[0], -3.0 - np.log1p(950.0 / 50.0), rtol=1e-6)
+    assert soft[-1] - 4.0 < 0.1 * (3000 - 300) / 50  # compressed 54 std -> ~4 std above the window
+    assert hard[4] == hard[-1] == 4.0  # while hard clipping merges bone and implant with the brightest lumen
+    assert data[0, 0, 0, -1] == 3000.0  # input untouched
+
+
 def test_zscore_normalisation_per_image_and_errors():
     rng = np.random.default_rng(0)
     data = np.stack([rng.normal(5, 3, (6, 7, 8)), rng.normal(-2, 0.5, (6, 7, 8))]).astype(np.float32)

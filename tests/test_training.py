@@ -81,8 +81,11 @@ def test_resume_continues_from_latest_and_pretrained_loads(roots):
     assert load_trained_model(first.fold_dir.parent, folds=[2], checkpoint="epoch0001").networks
     with pytest.raises(VesselSegError, match="snapshot such as epoch0020"):
         load_trained_model(first.fold_dir.parent, folds=[2], checkpoint="epoch1")
-    job.settings = quick(epochs=3, final_validation=False)
     job.resume = True
+    job.settings = quick(epochs=3, final_validation=False, optimizer="sgd")
+    with pytest.raises(VesselSegError, match="trained with --optimizer adamw, not sgd; continue it with --optimizer adamw"):
+        train(job)  # SGD cannot take over Adam's moments
+    job.settings = quick(epochs=3, final_validation=False)
     second = train(job)
     assert second.epochs_run == 1
     epochs = [json.loads(line)["epoch"] for line in (second.fold_dir / "training_log.jsonl").read_text().splitlines()]

@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--val-iterations", type=int, default=TrainingSettings.validation_iterations)
     parser.add_argument("--loss", choices=LOSSES, default=TrainingSettings.loss)
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default=TrainingSettings.optimizer)
-    parser.add_argument("--lr", type=float, default=None, help="initial learning rate (default 1e-2 SGD, 1e-3 AdamW)")
+    parser.add_argument("--lr", type=float, default=None, help="initial learning rate (default 3e-3 AdamW, 1e-2 SGD)")
     parser.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICES)} (default auto)")
     parser.add_argument(
         "--num-workers", type=int, default=None, metavar="N",

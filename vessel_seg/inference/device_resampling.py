@@ -155,6 +155,7 @@ def normalize_on_device(
     """Normalise a float32 ``(C, Z, Y, X)`` tensor in place, as :func:`~vessel_seg.planners.normalization.normalize`.
 
     ``"ct"``: clip to the dataset's foreground percentiles, z-score with its mean and std;
+    ``"ct_soft"``: the same with logarithmic compression outside the percentiles instead of clipping;
     ``"zscore"``: this channel's mean and std (accumulated in float64 where the device has it, in
     z-slabs). Same :class:`~vessel_seg.errors.PlansError` as the CPU path for unfit plans.
     """
@@ -163,12 +164,25 @@ def normalize_on_device(
         channel = data[c]
         if c in ct_stats:
             stats = ct_stats[c]
-            channel.clamp_(float(np.float32(stats.percentile_00_5)), float(np.float32(stats.percentile_99_5)))
+            if schemes[c] == "ct_soft":
+                soft_clip_on_device(channel, stats.percentile_00_5, stats.percentile_99_5, max(stats.std, STD_FLOOR))
+            else:
+                channel.clamp_(float(np.float32(stats.percentile_00_5)), float(np.float32(stats.percentile_99_5)))
             mean, std = stats.mean, stats.std
         else:
             mean, std = _mean_std(channel)
         channel.sub_(float(np.float32(mean))).div_(float(np.float32(max(std, STD_FLOOR))))
     return data
+
+
+def soft_clip_on_device(channel: torch.Tensor, lo: float, hi: float, scale: float) -> torch.Tensor:
+    """In-place torch twin of :func:`~vessel_seg.planners.normalization.soft_clip` (same float32 values)."""
+    lo32, hi32, s32 = (float(np.float32(v)) for v in (lo, hi, scale))
+    above = channel > hi32
+    channel[above] = hi32 + s32 * torch.log1p((channel[above] - hi32) / s32)
+    below = channel < lo32
+    channel[below] = lo32 - s32 * torch.log1p((lo32 - channel[below]) / s32)
+    return channel
 
 
 def _precise_dtype(device: torch.device) -> torch.dtype:

@@ -246,7 +246,7 @@ def plan_experiment(
         )
     settings = PRESET_SETTINGS[preset]
     budget = _Budget(settings, gpu_memory_gb, info.num_channels, len(info.labels))
-    normalization = ["ct" if info.is_ct(c) else "zscore" for c in range(info.num_channels)]
+    normalization = ["ct_soft" if info.is_ct(c) else "zscore" for c in range(info.num_channels)]
     spacing, notes = fullres_spacing(fingerprint)
     notes.insert(0, f"preset {preset}: memory budget {gpu_memory_gb:g} GB" + (
         f", forward budget {settings.gflop_budget:.1f} GFLOP per batch" if settings.gflop_budget else ""))

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from vessel_seg.case_store import list_cases
 from vessel_seg.device import amp_dtype, configure_backends, dtype_name, preferred_memory_format, select_device
+from vessel_seg.errors import CheckpointError
 from vessel_seg.model_folder import snapshot_name
 from vessel_seg.networks.resunet import build_network
 from vessel_seg.paths import raw_root
@@ -124,7 +125,7 @@ def train(job: TrainingJob) -> TrainingResult:
         "fold": str(job.fold), "in_channels": model.in_channels, "num_classes": len(ctx.label_values),
         "trainer": job.trainer_name, "settings": settings_metadata(settings),
     })
-    state = _resume(job, checkpointer, model, device) if job.resume else _State()
+    state = _resume(checkpointer, model, settings, device) if job.resume else _State()
     progress = TrainingLog(ctx.fold_dir)
     if dist.is_main:
         progress.truncate(state.start_epoch)
@@ -203,12 +204,19 @@ def _build_model(
     return _Model(network, in_channels, optimizer, make_grad_scaler(device, dtype), loss_fn)
 
 
-def _resume(job: TrainingJob, checkpointer: Checkpointer, model: _Model, device: torch.device) -> _State:
+def _resume(checkpointer: Checkpointer, model: _Model, settings: TrainingSettings, device: torch.device) -> _State:
     """Weights, optimiser and scaler state from the latest checkpoint (``--continue``)."""
     state = checkpointer.load_for_resume(map_location=device)
     if state is None:
         log.warning("--continue: no checkpoint in %s, starting from scratch", checkpointer.fold_dir)
         return _State()
+    saved = ((state.get("metadata") or {}).get("settings") or {}).get("optimizer")
+    if saved is not None and saved != settings.optimizer:
+        # The optimiser state of one kind cannot drive the other (SGD momentum vs Adam moments).
+        raise CheckpointError(
+            f"{checkpointer.fold_dir}: this run was trained with --optimizer {saved}, not {settings.optimizer}; "
+            f"continue it with --optimizer {saved}"
+        )
     unwrap(model.network).load_state_dict(state["network_weights"])
     model.optimizer.load_state_dict(with_this_machines_kernels(state["optimizer_state"], model.optimizer))
     if model.scaler is not None and state.get("grad_scaler_state"):
