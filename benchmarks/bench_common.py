@@ -156,8 +156,12 @@ def memory_kib(pid: int) -> tuple[int, int]:
 
 
 def run_measured(command: list[str], env: dict[str, str], log_path: Path,
-                 timeout_s: float | None = None) -> dict[str, float | int]:
-    """Run ``command`` to completion, sampling its process tree every 50 ms.
+                 timeout_s: float | None = None, interval_s: float = SAMPLE_INTERVAL_S) -> dict[str, float | int]:
+    """Run ``command`` to completion, sampling its process tree every ``interval_s`` (50 ms by default).
+
+    The sampling is not free: reading ``smaps_rollup`` of a GiB-sized training process walks its page
+    tables, which took ~0.6 of a core every 50 ms on the 2-core VM (2026-11-30). Long runs whose time
+    comes from their own logs (learning curves) sample every few seconds instead.
 
     Returns ``returncode``, ``wall_s``, ``cpu_s``, ``peak_rss_mb``, ``peak_pss_mb``,
     ``max_processes`` (see the module docstring for the definitions) and ``timed_out``: after
@@ -179,7 +183,7 @@ def run_measured(command: list[str], env: dict[str, str], log_path: Path,
             if timeout_s is not None and not timed_out and time.perf_counter() - start > timeout_s:
                 timed_out = True
                 kill_tree(pids)
-            time.sleep(SAMPLE_INTERVAL_S)
+            time.sleep(interval_s)
         wall = time.perf_counter() - start
     usage_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (usage_after.ru_utime - usage_before.ru_utime) + (usage_after.ru_stime - usage_before.ru_stime)
@@ -195,12 +199,12 @@ def kill_tree(pids: list[int]) -> None:
 
 
 def measure(ctx: BenchmarkContext, name: str, tool: str, section: str, command: list[str], env: dict[str, str],
-            repeat: int = 1) -> Measurement:
+            repeat: int = 1, interval_s: float = SAMPLE_INTERVAL_S) -> Measurement:
     """Run ``command`` through :func:`run_measured`, log to ``<work>/logs/<name>_<repeat>.log`` and print one line."""
     log = ctx.work / "logs" / f"{name}_{repeat}.log"
     print(f"[{name} #{repeat}] {' '.join(command)}", flush=True)
     load = os.getloadavg()[0]  # the machine may be shared: record how busy it was
-    stats = run_measured(command, env, log)
+    stats = run_measured(command, env, log, interval_s=interval_s)
     m = Measurement(name=name, tool=tool, section=section, repeat=repeat, command=command,
                     returncode=int(stats["returncode"]), wall_s=round(stats["wall_s"], 3), cpu_s=round(stats["cpu_s"], 3),
                     peak_rss_mb=round(stats["peak_rss_mb"], 1), peak_pss_mb=round(stats["peak_pss_mb"], 1),

@@ -4,7 +4,7 @@ Usage::
 
     .venv/bin/python benchmarks/learning_curves.py --nnunet-python /tmp/nnunet_venv/bin/python \\
         [--seed 2026] [--cases 12] [--test-cases 4] [--epochs 10] [--iterations 50] [--snapshot-every 2] \\
-        [--arms ours,nnunet,nnunet_resenc] [--final-tta] [--work benchmarks/work/curves] [--out benchmarks/results]
+        [--arms ours,nnunet,nnunet_resenc] [--ours-train-args "--optimizer sgd"] [--final-tta] [--work benchmarks/work/curves] [--out benchmarks/results]
 
 One synthetic dataset (``--cases`` training and ``--test-cases`` held-out cases of ``--size``^3 from
 ``--seed``; pick a seed nobody tuned on) is trained on by every arm with the **same patch, batch,
@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import shlex
 import shutil
 import socket
 import sys
@@ -48,6 +49,7 @@ from vessel_seg.evaluation.evaluate import evaluate_folders  # noqa: E402
 
 ARMS = ("ours", "nnunet", "nnunet_resenc")
 OURS_PLANS = "cpu"
+SAMPLE_S = 2.0  # memory sampling of the training trees: rare, it costs CPU the arms would otherwise get
 NNUNET_CONFIGURATIONS = {"nnunet": "3d_vs", "nnunet_resenc": "3d_vs_resenc"}
 
 
@@ -57,6 +59,7 @@ class Budget:
     iterations: int
     val_iterations: int
     snapshot_every: int
+    ours_train_args: tuple[str, ...] = ()  # extra vs_train flags of the ``ours`` arm (an A/B of one setting)
 
     @property
     def snapshot_epochs(self) -> list[int]:
@@ -85,8 +88,8 @@ def train_arm(ctx: BenchmarkContext, arm: str, budget: Budget) -> dict:
         command = [sys.executable, "-m", "vessel_seg.cli.train", str(ctx.dataset_id), "3d_fullres", "all",
                    "-pl", OURS_PLANS, *common, "--iterations-per-epoch", str(budget.iterations),
                    "--val-iterations", str(budget.val_iterations), "--snapshot-every", str(budget.snapshot_every),
-                   "--num-workers", str(ctx.num_processes), "--no-final-validation"]
-        m = measure(ctx, f"curve_{arm}", "vessel_seg", "curves", command, ctx.ours_env())
+                   "--num-workers", str(ctx.num_processes), "--no-final-validation", *budget.ours_train_args]
+        m = measure(ctx, f"curve_{arm}", "vessel_seg", "curves", command, ctx.ours_env(), interval_s=SAMPLE_S)
         epoch_s = [r["epoch_seconds"] for r in _jsonl(_fold_dir(ctx, arm) / "training_log.jsonl")]
     else:
         assert ctx.nnunet_python is not None
@@ -94,7 +97,7 @@ def train_arm(ctx: BenchmarkContext, arm: str, budget: Budget) -> dict:
                    "-c", NNUNET_CONFIGURATIONS[arm], "-f", "all", *common, "--iterations", str(budget.iterations),
                    "--val-iterations", str(budget.val_iterations), "--snapshot-every", str(budget.snapshot_every),
                    "--timings", str(timings)]
-        m = measure(ctx, f"curve_{arm}", "nnunetv2", "curves", command, ctx.nnunet_env())
+        m = measure(ctx, f"curve_{arm}", "nnunetv2", "curves", command, ctx.nnunet_env(), interval_s=SAMPLE_S)
         epoch_s = _nnunet_epoch_seconds(read_json(timings), budget.epochs)
     if m.returncode != 0:
         raise VesselSegError(f"training arm {arm} failed (rc {m.returncode}); see {m.log}\n{m.error_tail}")
@@ -227,7 +230,8 @@ def run(args: argparse.Namespace) -> dict:
         nn_python, nn_command = nnunet_command(args.nnunet_python)
     ctx = BenchmarkContext(work=args.work.resolve(), dataset_id=args.dataset_id, num_processes=args.num_processes,
                            ours_command=ours_command(), nnunet_command=nn_command, nnunet_python=nn_python)
-    budget = Budget(args.epochs, args.iterations, args.val_iterations, args.snapshot_every)
+    budget = Budget(args.epochs, args.iterations, args.val_iterations, args.snapshot_every,
+                    tuple(shlex.split(args.ours_train_args)))
     if not (ctx.work / "vs_raw" / ctx.dataset / "dataset.json").is_file():
         prepare_dataset(ctx, args.cases, args.test_cases, args.size, args.seed, tuple(args.spacing))
     ours_plans = ensure_ours_preprocessed(ctx, OURS_PLANS)
@@ -266,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--val-iterations", type=int, default=2, help="pseudo-validation batches per epoch")
     parser.add_argument("--snapshot-every", type=int, default=2, help="epochs between evaluated snapshots")
     parser.add_argument("-np", "--num-processes", type=int, default=2, help="augmentation workers of every arm")
+    parser.add_argument("--ours-train-args", default="",
+                        help="extra vs_train flags for the ours arm, e.g. '--optimizer sgd' (use a fresh --work)")
     parser.add_argument("--final-tta", action="store_true", help="also score the final weights with mirroring TTA")
     parser.add_argument("--nnunet-python", help="interpreter of an environment with nnunetv2")
     parser.add_argument("--work", type=Path, default=HERE / "work" / "curves")

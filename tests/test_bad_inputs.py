@@ -272,6 +272,20 @@ def test_train_rejects_unknown_dataset(tmp_path):
     assert snapshot(tmp_path) == before
 
 
+BAD_TRAIN_ARGS = {"--lr -1": ("--lr", "-1"), "--lr nan": ("--lr", "nan"), "--checkpoint-every 0": ("--checkpoint-every", "0")}
+
+
+def test_train_rejects_bad_numbers_before_any_work(tmp_path):
+    env = roots_env(tmp_path)
+    before = snapshot(tmp_path)
+    jobs = {name: (lambda a=args: run(command("train", "999", "3d_fullres", "0", "-pl", "cpu", *a), env))
+            for name, args in BAD_TRAIN_ARGS.items()}
+    for name, proc in run_all(jobs).items():
+        assert proc.returncode == 2, name
+        assert_one_line_error(proc, BAD_TRAIN_ARGS[name][0])
+    assert snapshot(tmp_path) == before
+
+
 # ---------------------------------------------------------------- vs_predict
 
 
@@ -373,6 +387,37 @@ def _ok(folder: Path) -> tuple[Path, tuple[str, ...]]:
     return _write_case(folder, "ok")[0].parent, ()
 
 
+def _plain_file(folder: Path) -> tuple[Path, tuple[str, ...]]:
+    """One file named without channel suffix: its mask would have the image's own name."""
+    (image,) = _write_case(folder, "scan", channels=1)
+    return image.rename(image.with_name("scan.nii.gz")), ("scan.nii.gz", "would be overwritten", "-o")
+
+
+def _colliding_cases(folder: Path) -> tuple[Path, tuple[str, ...]]:
+    """Cases "a" (a_0000, a_0001) and "a_0000" (a_0000_0000, a_0000_0001): a_0000's mask is a's image."""
+    _write_case(folder, "a")
+    _write_case(folder, "a_0000", seed=1)
+    return folder, ("a_0000.nii.gz", "would be overwritten by the mask of case 'a_0000'")
+
+
+def _two_files_one_channel(folder: Path) -> tuple[Path, tuple[str, ...]]:
+    _write_case(folder, "d")
+    _write_case(folder, "d", ending=".nrrd", channels=1)
+    return folder, ("d_0000", "also given by")
+
+
+def _input_folder(out: Path) -> Path:
+    return out.parent / "in"
+
+
+def _input_folder_via_dots(out: Path) -> Path:
+    return out / ".." / "in"
+
+
+def _new_folder(out: Path) -> Path:
+    return out / "new"
+
+
 def _read_only(out: Path) -> Path:
     """``out`` made read-only; as root (where that blocks nothing) a path below a regular file instead."""
     out.chmod(0o555)
@@ -408,6 +453,12 @@ PREDICT_CASES = {
     "untrained fold": PredictCase(_ok, ("fold 3", "vsTrainer__cpu__3d_fullres"), ("-f", "3")),
     "output folder not writable": PredictCase(_ok, ("not writable",), output=_read_only),
     "disk full writing the mask": PredictCase(_ok, ("ok.nii.gz", "cannot write"), file_size_limit=64),
+    "-o is the input file's folder, --overwrite": PredictCase(_plain_file, extra=("--overwrite",), output=_input_folder),
+    "-o is the input file's folder": PredictCase(_plain_file, output=_input_folder),
+    "-o reaches the input folder through ..": PredictCase(_plain_file, extra=("--overwrite",), output=_input_folder_via_dots),
+    "colliding case names, -o the input folder": PredictCase(_colliding_cases, extra=("--overwrite",), output=_input_folder),
+    "two files for one channel": PredictCase(_two_files_one_channel),
+    "--device cuda without a GPU creates no -o": PredictCase(_ok, ("cuda",), ("--device", "cuda"), output=_new_folder),
     "disk full writing probabilities": PredictCase(
         _ok, ("ok.npz", "cannot write"), ("--save-probabilities",), file_size_limit=8192
     ),

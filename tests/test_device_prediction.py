@@ -11,19 +11,19 @@ import pytest
 import torch
 from scipy import ndimage
 from torch import nn
+from training_helpers import threshold_model
 
 from vessel_seg.cli.predict import main as predict_main
-from vessel_seg.dataset import DatasetInfo
 from vessel_seg.errors import ImageReadError, VesselSegError
 from vessel_seg.imageio import ImageGeometry, read_array, write_image
 from vessel_seg.inference import device_prediction as dp
 from vessel_seg.inference.case_pipeline import run_overlapped
 from vessel_seg.inference.device_resampling import normalize_on_device
 from vessel_seg.inference.prediction_run import PredictionOptions, predict_cases
-from vessel_seg.inference.predictor import TrainedModel, predict_image
+from vessel_seg.inference.predictor import predict_image
 from vessel_seg.inference.sliding_window import iter_logit_slabs, mirror_combinations, mirrored_forward
 from vessel_seg.planners.normalization import normalize
-from vessel_seg.planners.plans import ChannelIntensity, ConfigurationPlan, NetworkTopology, Plans
+from vessel_seg.planners.plans import ChannelIntensity, NetworkTopology
 
 GB = 1e9
 
@@ -103,36 +103,6 @@ def test_batched_mirroring_equals_one_forward_per_flip():
 # ------------------------------------------------------------------ device-side path forced on the CPU
 
 
-class ThresholdNet(nn.Module):
-    """Mean of the 3x3x3 neighbourhood ``s`` -> logits (0, 4 (s - 0.5), 8 (s - 1.5)): three intensity classes."""
-
-    def __init__(self):
-        super().__init__()
-        self.smooth = nn.Conv3d(1, 1, 3, padding=1, bias=False)
-        nn.init.constant_(self.smooth.weight, 1.0 / 27)
-
-    def forward(self, x):
-        s = self.smooth(x)
-        return torch.cat([torch.zeros_like(s), 4 * (s - 0.5), 8 * (s - 1.5)], dim=1)
-
-
-def _model(order: int = 3, label_values=(0, 1, 5), patch=(16, 24, 24), network=None) -> TrainedModel:
-    """A hand-built 3d_fullres model at 1 mm (CT normalisation: intensity / 100) around ``network``."""
-    topology = NetworkTopology(3, [4], [[3, 3, 3]], [[1, 1, 1]], [1], [], deep_supervision=False)
-    labels = {"background": 0, **{f"l{v}": int(v) for v in label_values[1:]}}
-    config = ConfigurationPlan(
-        "3d_fullres", "t_3d_fullres", [1.0, 1.0, 1.0], [30, 40, 40], list(patch), 2, ["ct"], topology,
-        resampling_order_image=order,
-    )
-    stats = {"0": ChannelIntensity(mean=0.0, std=100.0, percentile_00_5=-1000.0, percentile_99_5=1000.0)}
-    plans = Plans("Dataset009_T", "t", "cpu", 8.0, [1.0] * 3, [30, 40, 40], labels, {"0": "CT"}, ".nii.gz", stats,
-                  {"3d_fullres": config})
-    info = DatasetInfo({"0": "CT"}, labels, 1, ".nii.gz")
-    net = (network or ThresholdNet()).eval()
-    return TrainedModel(Path("/models/vsTrainer__t__3d_fullres"), plans, config, info, [net], ["0"], (0, 1, 2),
-                        torch.device("cpu"), list(label_values))
-
-
 def _vessel_image(shape=(24, 40, 36), seed: int = 0) -> np.ndarray:
     """Smooth tubes (raw 150-350, i.e. classes 1 and 2) on a faint background, a zero border to crop."""
     rng = np.random.default_rng(seed)
@@ -153,7 +123,7 @@ SPACINGS = {"joint": (1.3, 0.8, 0.9), "thick_slices": (4.0, 1.1, 1.0)}
 @pytest.mark.parametrize("spacing", SPACINGS.values(), ids=SPACINGS.keys())
 @pytest.mark.parametrize("order, agreement", [(3, 0.99), (1, 0.999)])
 def test_device_path_matches_streamed_path(monkeypatch, spacing, order, agreement):
-    model = _model(order)
+    model = threshold_model(order)
     image = _vessel_image()
     geometry = ImageGeometry(image.shape[1:], spacing, origin=(3.0, -2.0, 1.0))
     monkeypatch.setenv(dp.DEVICE_PATH_ENV, "0")
@@ -179,7 +149,7 @@ def test_device_normalisation_equals_the_cpu_normalisation(schemes):
 
 
 def test_device_path_is_chosen_by_memory_and_not_for_cascades(monkeypatch):
-    model = _model()
+    model = threshold_model()
     monkeypatch.delenv(dp.DEVICE_PATH_ENV, raising=False)
     assert not dp.plan_prediction(model, (1, 24, 40, 36), (1.0, 1.0, 1.0), True).device_path.use  # CPU
     monkeypatch.setattr(model, "device", torch.device("cuda"))
@@ -189,7 +159,7 @@ def test_device_path_is_chosen_by_memory_and_not_for_cascades(monkeypatch):
     assert plan.device_path.use and plan.samples_per_forward is not None
     monkeypatch.setattr(dp, "free_device_bytes", lambda device: 1.5 * GB)  # needs about 1.5 GB
     assert not dp.plan_prediction(model, (1, 600, 512, 512), (1.0, 1.0, 1.0), True).device_path.use
-    monkeypatch.setattr(model, "previous_stage", _model())
+    monkeypatch.setattr(model, "previous_stage", threshold_model())
     monkeypatch.setattr(dp, "free_device_bytes", lambda device: 80 * GB)
     assert "cascade" in dp.plan_prediction(model, (1, 60, 50, 50), (1.0, 1.0, 1.0), True).device_path.reason
 
@@ -240,10 +210,10 @@ def test_step_size_reaches_the_sliding_window(tmp_path, monkeypatch):
 
     monkeypatch.setattr(case_prediction, "iter_logit_slabs", spy)
     _write_cases(tmp_path / "in", 1)
-    predict_cases([_model()], tmp_path / "in", tmp_path / "out", PredictionOptions(use_tta=False, step_size=0.75))
+    predict_cases([threshold_model()], tmp_path / "in", tmp_path / "out", PredictionOptions(use_tta=False, step_size=0.75))
     assert steps == [0.75]
     with pytest.raises(VesselSegError, match="step-size"):
-        predict_cases([_model()], tmp_path / "in", tmp_path / "o2", PredictionOptions(step_size=0.0))
+        predict_cases([threshold_model()], tmp_path / "in", tmp_path / "o2", PredictionOptions(step_size=0.0))
 
 
 # ------------------------------------------------------------------ overlapped file I/O
@@ -251,7 +221,7 @@ def test_step_size_reaches_the_sliding_window(tmp_path, monkeypatch):
 
 def test_overlapped_folder_prediction_writes_the_same_files(tmp_path):
     _write_cases(tmp_path / "in", 3)
-    model = _model()
+    model = threshold_model()
     for overlap in (False, True):
         options = PredictionOptions(use_tta=False, overlap_io=overlap, preview=overlap)
         seconds = predict_cases([model], tmp_path / "in", tmp_path / f"out_{overlap}", options)
@@ -272,7 +242,7 @@ def test_overlapped_read_error_is_the_sequential_one(tmp_path):
     for overlap in (False, True):
         out = tmp_path / f"out_{overlap}"
         with pytest.raises(ImageReadError) as info:
-            predict_cases([_model()], tmp_path / "in", out, PredictionOptions(use_tta=False, overlap_io=overlap))
+            predict_cases([threshold_model()], tmp_path / "in", out, PredictionOptions(use_tta=False, overlap_io=overlap))
         messages[overlap] = str(info.value)
         assert sorted(p.name for p in out.iterdir()) == ["case0.nii.gz"]  # the case before, none after
     assert messages[True] == messages[False] and "case1_0000.nii.gz" in messages[True]

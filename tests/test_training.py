@@ -18,6 +18,7 @@ from vessel_seg.dataset_conversion.synthetic import generate_dataset
 from vessel_seg.errors import VesselSegError
 from vessel_seg.planners.pipeline import plan_and_preprocess
 from vessel_seg.trainers.trainer import TrainingJob, train
+from vessel_seg.trainers.training_context import TrainingContext
 
 DATASET = "Dataset007_Synthetic"
 
@@ -142,6 +143,7 @@ DDP_SCRIPT = """
 import sys, torch, torch.distributed as dist
 from vessel_seg.trainers.settings import TrainingSettings
 from vessel_seg.trainers.trainer import TrainingJob, train
+from vessel_seg.trainers.training_context import TrainingContext
 settings = TrainingSettings(epochs=1, iterations_per_epoch=3, validation_iterations=1, num_workers=0,
                             final_validation=False, device="cpu")
 result = train(TrainingJob(7, "3d_fullres", 0, "cpu", settings, trainer_name="ddp"))
@@ -222,3 +224,25 @@ def test_validation_saves_probabilities_in_the_original_geometry(roots):
         roots / "raw" / DATASET / "labelsTr", folder, (), torch.device("cpu"), False, save_probabilities_too=False,
     )
     assert not (folder / f"{case_ids[0]}.npz").exists() and (folder / masks[0].name).is_file()
+
+
+def test_diverging_training_stops_with_one_line_and_keeps_the_good_checkpoint(roots, monkeypatch):
+    import vessel_seg.trainers.trainer as trainer_module
+
+    calm = trainer_module.scheduled_lr
+    # epoch 0 trains normally, then the learning rate explodes and the weights overflow
+    monkeypatch.setattr(trainer_module, "scheduled_lr", lambda s, e, i: calm(s, e, i) if e == 0 else 1e30)
+    job = TrainingJob(7, "3d_fullres", 4, "cpu", quick(epochs=3, final_validation=False, optimizer="sgd"), trainer_name="nan")
+    with pytest.raises(VesselSegError, match="training loss became nan in epoch 1; stopped"):
+        train(job)
+    fold = TrainingContext(job).fold_dir
+    state = load_checkpoint(fold / "checkpoint_latest.pt")
+    assert state["epoch"] == 1 and all(torch.isfinite(w).all() for w in state["network_weights"].values())
+    assert not (fold / "checkpoint_final.pt").exists()
+
+
+@pytest.mark.parametrize("bad", [dict(learning_rate=-1.0), dict(learning_rate=float("nan")), dict(checkpoint_every=0),
+                                 dict(momentum=1.0), dict(grad_clip=float("inf"))])
+def test_training_settings_reject_bad_numbers(bad):
+    with pytest.raises(ValueError):
+        quick(**bad)

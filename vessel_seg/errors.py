@@ -28,3 +28,7 @@ class PlansError(VesselSegError):
 
 class CheckpointError(VesselSegError):
     """A model checkpoint is missing, truncated or unsafe."""
+
+
+class TrainingError(VesselSegError):
+    """Training cannot go on (e.g. the loss became NaN); earlier checkpoints are kept."""

@@ -49,7 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _command(args: argparse.Namespace) -> int:
     import torch
 
-    from vessel_seg.inference.prediction_run import PredictionOptions, check_step_size, ensure_writable, predict_cases
+    from vessel_seg.inference.prediction_run import (
+        PredictionOptions,
+        check_output_location,
+        check_step_size,
+        predict_cases,
+    )
     from vessel_seg.inference.predictor import load_trained_model
     from vessel_seg.inference.trained_models import choose_models, resolve_prediction_dataset
     from vessel_seg.model_folder import parse_fold
@@ -61,7 +66,7 @@ def _command(args: argparse.Namespace) -> int:
         from vessel_seg.errors import DatasetError
 
         raise DatasetError(f"{args.input}: input not found; give an image file, a folder of CASE_0000 images or a DICOM folder")
-    ensure_writable(args.output)
+    check_output_location(args.output)  # created by predict_cases once every check has passed
     folds = [str(parse_fold(f)) for f in args.folds] if args.folds else None
     dataset = resolve_prediction_dataset(args.dataset)
     choice = choose_models(dataset, args.configuration, args.plans, args.trainer)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import tempfile
 import time
@@ -141,7 +142,14 @@ def find_input_cases(path: str | Path, num_channels: int) -> list[InputCase]:
         match = CHANNEL_RE.match(strip_extension(image))
         if match is None:
             raise DatasetError(f"{image}: image names in a folder must end in _NNNN (4-digit channel), e.g. case_0000.nii.gz")
-        by_case.setdefault(match["case"], {})[int(match["channel"])] = image
+        channels = by_case.setdefault(match["case"], {})
+        channel = int(match["channel"])
+        if channel in channels:
+            raise DatasetError(
+                f"{image}: channel {channel} of case {match['case']!r} is also given by {channels[channel].name}; "
+                "keep one file per case and channel"
+            )
+        channels[channel] = image
     cases = []
     for case_id, channels in sorted(by_case.items()):
         ending = image_extension(next(iter(channels.values()))) or ""
@@ -167,6 +175,24 @@ def check_inputs(models: Sequence[TrainedModel], cases: Sequence[InputCase]) -> 
             check_case_headers(case.files, model_dims)
 
 
+def check_output_location(folder: str | Path) -> Path:
+    """Raise :class:`ImageWriteError` unless ``folder`` could be created and written; creates nothing.
+
+    An existing ``folder`` must be a writable folder; otherwise its nearest existing ancestor must
+    be. Lets the CLI refuse a bad ``-o`` before any work without leaving an empty folder behind
+    when a later check fails.
+    """
+    folder = Path(folder)
+    if folder.exists():
+        return ensure_writable(folder)
+    ancestor = folder.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ImageWriteError(f"{folder}: output folder is not writable (it cannot be created in {ancestor}); choose another -o")
+    return folder
+
+
 def ensure_writable(folder: str | Path) -> Path:
     """Create ``folder`` if needed and check that files can be created in it (before any work starts)."""
     folder = Path(folder)
@@ -183,8 +209,62 @@ def _case_outputs(case: InputCase, output_dir: Path) -> Path:
     return output_dir / f"{case.case_id}{case.file_ending}"
 
 
+def case_output_paths(case: InputCase, output_dir: Path, options: PredictionOptions) -> dict[str, Path]:
+    """Every file this run writes for ``case``, by kind; the writers take their paths from here."""
+    stem = output_dir / case.case_id
+    paths = {"mask": _case_outputs(case, output_dir)}
+    if options.save_probabilities:
+        paths["probabilities"] = stem.with_name(f"{case.case_id}{PROBABILITY_SUFFIX}")
+    if options.mesh:
+        paths["mesh"] = stem.with_name(f"{case.case_id}.vtp")
+        paths["STL mesh"] = stem.with_name(f"{case.case_id}.stl")
+    if options.centerline:
+        paths["centerline"] = stem.with_name(f"{case.case_id}_centerline.json")
+        paths["centerline mesh"] = stem.with_name(f"{case.case_id}_centerline.vtp")
+    if options.preview:
+        paths["preview"] = stem.with_name(f"{case.case_id}_preview.png")
+    return paths
+
+
+def _real(path: Path) -> str:
+    """``path`` with symbolic links and ``..`` resolved (it need not exist): what a write would reach."""
+    return os.path.realpath(path)
+
+
+def check_outputs_spare_inputs(cases: Sequence[InputCase], output_dir: str | Path, options: PredictionOptions) -> None:
+    """Raise :class:`DatasetError` if any output of this run would replace an input image or another output.
+
+    Compares resolved paths, so ``-o`` spelled through ``..`` or a symbolic link is caught; a DICOM
+    input is a folder, and no output may be written inside it. Runs before anything is created.
+    """
+    output_dir = Path(output_dir)
+    inputs = {_real(f): (case, f) for case in cases for f in case.files}
+    dicom_folders = [(_real(case.files[0]), case) for case in cases if case.dicom]
+    written: dict[str, str] = {}
+    for case in cases:
+        for kind, path in case_output_paths(case, output_dir, options).items():
+            real = _real(path)
+            hit = inputs.get(real)
+            if hit is not None:
+                raise DatasetError(
+                    f"{hit[1]}: input image of case {hit[0].case_id!r} would be overwritten by the {kind} of case "
+                    f"{case.case_id!r}; give -o a folder that holds no input images"
+                )
+            inside = next((c for folder, c in dicom_folders if real.startswith(folder + os.sep)), None)
+            if inside is not None:
+                raise DatasetError(
+                    f"{path}: the {kind} of case {case.case_id!r} would be written into the DICOM series folder of case "
+                    f"{inside.case_id!r}; give -o a folder outside it"
+                )
+            if real in written:
+                raise DatasetError(
+                    f"{path}: cases {written[real]!r} and {case.case_id!r} would write the same file; rename one input"
+                )
+            written[real] = case.case_id
+
+
 def _write_extras(
-    case: InputCase, preview_image: np.ndarray | None, seg: np.ndarray, geometry: ImageGeometry, output_dir: Path,
+    case: InputCase, preview_image: np.ndarray | None, seg: np.ndarray, geometry: ImageGeometry, paths: dict[str, Path],
     options: PredictionOptions,
 ) -> None:
     """Surface mesh, centerline graph and MIP preview of the foreground (all labels > 0)."""
@@ -196,17 +276,17 @@ def _write_extras(
         from vessel_seg.inference.surface_mesh import mask_to_surface, write_surface
 
         surface = mask_to_surface(mask, geometry)
-        write_surface(surface, output_dir / f"{case.case_id}.vtp")
-        write_surface(surface, output_dir / f"{case.case_id}.stl")
+        write_surface(surface, paths["mesh"])
+        write_surface(surface, paths["STL mesh"])
     if options.centerline and mask.any():
         from vessel_seg.inference.centerline import extract_centerline, save_centerline
 
         graph = extract_centerline(mask, geometry)
-        save_centerline(graph, output_dir / f"{case.case_id}_centerline.json", output_dir / f"{case.case_id}_centerline.vtp")
+        save_centerline(graph, paths["centerline"], paths["centerline mesh"])
     if options.preview:
         from vessel_seg.inference.preview import save_mip_preview
 
-        save_mip_preview(preview_image, seg, geometry, output_dir / f"{case.case_id}_preview.png", title=case.case_id)
+        save_mip_preview(preview_image, seg, geometry, paths["preview"], title=case.case_id)
 
 
 def _postprocess(seg: np.ndarray, probs: np.ndarray | None, geometry: ImageGeometry, labels: list[int], recipe: Any) -> np.ndarray:
@@ -264,11 +344,12 @@ def _write_case(labels: list[int], case: InputCase, predicted: _PredictedCase, o
     """Postprocess and write one case's outputs (extras first, the mask last)."""
     geometry, probs = predicted.geometry, predicted.probs
     seg = _postprocess(predicted.seg, probs, geometry, labels, options.recipe)
+    paths = case_output_paths(case, output_dir, options)
     if options.save_probabilities:
-        save_probabilities(output_dir / f"{case.case_id}{PROBABILITY_SUFFIX}", probs, labels, geometry, case.file_ending)
+        save_probabilities(paths["probabilities"], probs, labels, geometry, case.file_ending)
     predicted.probs = probs = None
-    _write_extras(case, predicted.preview_image, seg, geometry, output_dir, options)
-    write_image(seg, geometry, _case_outputs(case, output_dir))
+    _write_extras(case, predicted.preview_image, seg, geometry, paths, options)
+    write_image(seg, geometry, paths["mask"])
 
 
 def predict_case(
@@ -308,12 +389,14 @@ def predict_cases(
     if len({tuple(m.label_values) for m in models}) > 1:
         raise VesselSegError(f"models {', '.join(m.name for m in models)} have different labels; they cannot be ensembled")
     cases = find_input_cases(input_path, models[0].info.num_channels)
-    output_dir = ensure_writable(output_dir)
-    remove_stale_temporaries(output_dir)
+    output_dir = Path(output_dir)
+    check_outputs_spare_inputs(cases, output_dir, options)
     todo = [c for c in cases if options.overwrite or not _case_outputs(c, output_dir).exists()]
     if len(todo) < len(cases):
         log.info("%d of %d case(s) already predicted in %s, skipped (use --overwrite to redo)", len(cases) - len(todo), len(cases), output_dir)
     check_inputs(models, todo)
+    output_dir = ensure_writable(output_dir)  # created only once every check has passed
+    remove_stale_temporaries(output_dir)
     overlap = options.overlap_io if options.overlap_io is not None else any(m.device.type != "cpu" for m in models)
     seconds: dict[str, float] = {}
 

@@ -65,8 +65,10 @@ class ChannelIntensity:
 class ConfigurationPlan:
     """Everything needed to preprocess, train and predict one configuration.
 
-    ``normalization`` has one scheme per channel: ``"ct"`` (clip to the dataset's foreground
-    0.5/99.5 percentiles, then z-score with the foreground mean/std) or ``"zscore"`` (per image).
+    ``normalization`` has one scheme per channel: ``"ct_soft"`` (z-score with the dataset's foreground
+    mean/std, logarithmic compression outside its 0.5/99.5 percentiles; the planner's choice for CT),
+    ``"ct"`` (nnU-Net's hard clip to those percentiles) or ``"zscore"`` (per image); see
+    :mod:`vessel_seg.planners.normalization`.
     """
 
     name: str

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from vessel_seg.trainers.losses import LOSS_NAMES as LOSSES
@@ -74,6 +75,23 @@ class TrainingSettings:
             raise ValueError("num_workers must be 0 or more (or None to choose automatically)")
         if self.epochs < 1 or self.iterations_per_epoch < 1:
             raise ValueError("epochs and iterations per epoch must be at least 1")
+        self._check_numbers()
+
+    def _check_numbers(self) -> None:
+        """Values, not only types: a negative or NaN learning rate would train a broken model silently."""
+        if self.learning_rate is not None and not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"--lr must be a positive finite number, got {self.learning_rate}")
+        for name, value in (("weight_decay", self.weight_decay), ("grad_clip", self.grad_clip)):
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.checkpoint_every < 1:
+            raise ValueError(f"--checkpoint-every must be at least 1 epoch, got {self.checkpoint_every}")
+        if self.validation_iterations < 0:
+            raise ValueError(f"--val-iterations must be 0 or more, got {self.validation_iterations}")
 
     @property
     def initial_lr(self) -> float:

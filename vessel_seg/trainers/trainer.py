@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from vessel_seg.case_store import list_cases
 from vessel_seg.device import amp_dtype, configure_backends, dtype_name, preferred_memory_format, select_device
-from vessel_seg.errors import CheckpointError
+from vessel_seg.errors import CheckpointError, TrainingError
 from vessel_seg.model_folder import snapshot_name
 from vessel_seg.networks.resunet import build_network
 from vessel_seg.paths import raw_root
@@ -267,6 +267,12 @@ def _run_epoch(run: _Run, step: TrainingStep, train_batches, val_batches, epoch:
         step(next(train_batches))
     data_wait = train_batches.pop_mean_wait()
     train_loss = step.pop_mean_loss()  # the epoch's one synchronisation for training
+    if not math.isfinite(train_loss):
+        # Stop before this epoch's weights reach any checkpoint: the earlier ones stay usable.
+        raise TrainingError(
+            f"{run.ctx.fold_dir}: the training loss became {train_loss} in epoch {epoch}; stopped, checkpoints of "
+            "earlier epochs are kept; lower --lr (or check the images for extreme values) and resume with --continue"
+        )
 
     step.model.eval()
     metrics = PseudoMetrics(len(run.ctx.label_values))

@@ -1,0 +1,113 @@
+"""vs_predict never touches an input: random folder layouts (same folder, nested, through a link,
+colliding case names) either predict into files that are not inputs or are refused before anything
+is written; the bytes of every input stay the same."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from training_helpers import threshold_model
+
+from vessel_seg.errors import DatasetError
+from vessel_seg.imageio import ImageGeometry, write_image
+from vessel_seg.inference.prediction_run import (
+    PredictionOptions,
+    case_output_paths,
+    check_output_location,
+    check_outputs_spare_inputs,
+    find_input_cases,
+    predict_cases,
+)
+
+SHAPE = (6, 10, 12)
+
+
+def _image(path: Path, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    image = rng.normal(0, 30, SHAPE).astype(np.float32)
+    image[:, 3:6, 4:8] += 120.0  # a bright bar: class 1 under the threshold model
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_image(image, ImageGeometry(SHAPE, (1.0, 1.0, 1.0)), path)
+    return path
+
+
+def _digest(files: list[Path]) -> dict[str, str]:
+    return {str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+
+
+NAMES = ["a", "a_0000", "scan", "b_0000_0000", "case_1"]
+
+
+def _layout(rng: random.Random, root: Path) -> tuple[Path, Path, list[Path], PredictionOptions]:
+    """Random inputs under ``root/in`` (folder or single file), a random -o, random extra outputs."""
+    inputs = root / "in"
+    names = rng.sample(NAMES, rng.randint(1, 3))
+    files = [_image(inputs / f"{name}_0000.nii.gz", k) for k, name in enumerate(names)]
+    if rng.random() < 0.4:  # a plain file without channel suffix, given as -i
+        files.append(_image(inputs / "scan.nii.gz", 9))
+        source = files[-1]
+    else:
+        source = inputs
+    link = root / "link"
+    if not link.exists():
+        link.symlink_to(inputs, target_is_directory=True)
+    output = rng.choice([inputs, inputs / "sub", root / "out", root / "in" / ".." / "in", link, root])
+    options = PredictionOptions(use_tta=False, overwrite=rng.random() < 0.5, save_probabilities=rng.random() < 0.3)
+    return source, output, files, options
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_random_layouts_never_change_an_input(tmp_path, seed):
+    rng = random.Random(seed)
+    source, output, files, options = _layout(rng, tmp_path)
+    (tmp_path / "out").mkdir(exist_ok=True)
+    before = _digest(files)
+    cases = find_input_cases(source, 1)
+    try:
+        predict_cases([threshold_model()], source, output, options)
+    except DatasetError as exc:
+        assert "would be overwritten" in str(exc) or "would write the same file" in str(exc)
+    else:
+        written = [p for c in cases for p in case_output_paths(c, Path(output), options).values()]
+        assert all(p.is_file() for p in written)
+        assert not {os.path.realpath(p) for p in written} & {os.path.realpath(f) for f in files}
+    assert _digest(files) == before
+
+
+def test_a_plain_file_predicted_into_its_own_folder_is_refused(tmp_path):
+    scan = _image(tmp_path / "scan.nii.gz", 0)
+    cases = find_input_cases(scan, 1)
+    with pytest.raises(DatasetError, match=r"scan.nii.gz: input image of case 'scan' would be overwritten by the mask"):
+        check_outputs_spare_inputs(cases, tmp_path, PredictionOptions())
+    check_outputs_spare_inputs(cases, tmp_path / "masks", PredictionOptions())  # elsewhere: fine
+
+
+def test_colliding_case_names_are_refused_in_the_input_folder(tmp_path):
+    # case "a" (a_0000.nii.gz) and case "a_0000" (a_0000_0000.nii.gz): a_0000's mask is a's image
+    for name in ("a_0000", "a_0000_0000"):
+        _image(tmp_path / f"{name}.nii.gz", 0)
+    cases = find_input_cases(tmp_path, 1)
+    assert [c.case_id for c in cases] == ["a", "a_0000"]
+    with pytest.raises(DatasetError, match="input image of case 'a' would be overwritten by the mask of case 'a_0000'"):
+        check_outputs_spare_inputs(cases, tmp_path / "." / "", PredictionOptions())
+
+
+def test_two_files_for_one_channel_are_refused(tmp_path):
+    _image(tmp_path / "a_0000.nii.gz", 0)
+    _image(tmp_path / "a_0000.nrrd", 1)
+    with pytest.raises(DatasetError, match="channel 0 of case 'a' is also given by"):
+        find_input_cases(tmp_path, 1)
+
+
+def test_output_location_is_checked_without_creating_it(tmp_path):
+    target = tmp_path / "new" / "deeper"
+    assert check_output_location(target) == target and not (tmp_path / "new").exists()
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    with pytest.raises(Exception, match="not writable"):
+        check_output_location(blocker / "sub")
