@@ -175,6 +175,23 @@ def _edit_json(edit: Callable[[dict], None]) -> Callable[[Path], None]:
     return corrupt
 
 
+def _twenty_mm_case(root: Path) -> None:
+    """Case c1's image and label at 20 mm spacing among 1 mm cases (a wrong header)."""
+    images, label = _volume(1)
+    geometry = ImageGeometry(GEOMETRY.shape, (20.0, 20.0, 20.0))
+    write_image(images[0], geometry, root / "imagesTr" / "c1_0000.nii.gz")
+    write_image(label, geometry, root / "labelsTr" / "c1.nii.gz")
+
+
+def _overflowing_slope(root: Path) -> None:
+    """c1's image as int16 NIfTI whose scl_slope makes it overflow float32."""
+    import nibabel as nib
+
+    image = nib.Nifti1Image(np.full((SIZE,) * 3, 1000, np.int16), np.eye(4))
+    image.header["scl_slope"], image.header["scl_inter"] = 1e38, 0.0
+    nib.save(image, str(root / "imagesTr" / "c1_0000.nii.gz"))
+
+
 @dataclass
 class PlanCase:
     """A raw dataset made broken by ``corrupt``, and the words the error line must hold."""
@@ -184,6 +201,7 @@ class PlanCase:
     channels: int = 1
     ending: str = ".nii.gz"
     dataset: str = "601"
+    num_cases: int = 2
 
 
 PLAN_CASES = {
@@ -216,6 +234,8 @@ PLAN_CASES = {
         lambda root: (root / "dataset.json").write_text("{\"labels\": "), ("dataset.json", "not valid JSON")
     ),
     "unknown dataset id": PlanCase(lambda root: None, ("no dataset with id 999",), dataset="999"),
+    "one case at 20 mm among 1 mm": PlanCase(_twenty_mm_case, ("case 'c1'", "would resample", "header"), num_cases=3),
+    "NIfTI scl_slope overflows float32": PlanCase(_overflowing_slope, ("c1_0000.nii.gz", "beyond what float32 holds")),
 }
 
 
@@ -225,7 +245,7 @@ def plan_runs(tmp_path_factory):
 
     def job(base: Path, case: PlanCase):
         env = roots_env(base)
-        root = make_raw_dataset(base / "raw", 601, channels=case.channels, ending=case.ending)
+        root = make_raw_dataset(base / "raw", 601, num_cases=case.num_cases, channels=case.channels, ending=case.ending)
         case.corrupt(root)
         before = snapshot(base)
         proc = run(command("plan_and_preprocess", "-d", case.dataset, "-pl", "cpu", "-np", "1"), env)
@@ -307,6 +327,50 @@ def model(tmp_path_factory):
 
 
 PREDICT = ("-c", "3d_fullres", "-pl", "cpu", "--disable-tta", "--device", "cpu", "-np", "1")
+
+
+def _set(*keys: str, value) -> Callable[[dict], None]:
+    """An edit of the 3d_fullres configuration (or the top level with keys[0] == '/') of a plans dict."""
+    def edit(plans: dict) -> None:
+        node = plans if keys[0] == "/" else plans["configurations"]["3d_fullres"]
+        path = keys[1:] if keys[0] == "/" else keys
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+    return edit
+
+
+PLANS_EDITS = {
+    "negative patch": (_set("patch_size", value=[-16, 16, 16]), "patch_size"),
+    "zero patch": (_set("patch_size", value=[0, 16, 16]), "patch_size"),
+    "patch not divisible": (_set("patch_size", value=[17, 16, 16]), "divisible"),
+    "stride 3": (_set("network", "strides", value=[[1, 1, 1], [3, 3, 3]]), "strides"),
+    "spacing 0": (_set("spacing", value=[0.0, 1.0, 1.0]), "spacing"),
+    "batch 1e400": (_set("batch_size", value=float("inf")), "invalid plans file"),
+    "batch 0": (_set("batch_size", value=0), "batch_size"),
+    "batch -2": (_set("batch_size", value=-2), "batch_size"),
+    "spline order 9": (_set("resampling_order_image", value=9), "resampling orders"),
+    "label without background": (_set("/", "labels", value={"vessel": 1, "artery": 2}), "labels"),
+    "an extra label": (_set("/", "labels", value={"background": 0, "vessel": 1, "artery": 2}), "differ from dataset.json"),
+}
+
+
+def test_train_rejects_hand_edited_plans(model):
+    base, env = model
+    dataset_dir = next((base / "preprocessed").glob(f"Dataset{MODEL_ID}_*"))
+    source = json.loads((dataset_dir / "cpu.json").read_text())
+    jobs = {}
+    for k, (name, (edit, _)) in enumerate(PLANS_EDITS.items()):
+        plans = json.loads(json.dumps(source))
+        edit(plans)
+        text = json.dumps(plans).replace("Infinity", "1e400")  # JSON as a user would write it
+        (dataset_dir / f"edited{k}.json").write_text(text)
+        jobs[name] = lambda k=k: run(command("train", str(MODEL_ID), "3d_fullres", "0", "-pl", f"edited{k}", "--epochs", "1"), env)
+    before = snapshot(base / "results")
+    for name, proc in run_all(jobs).items():
+        assert proc.returncode == 2, name
+        assert_one_line_error(proc, "edited", PLANS_EDITS[name][1])
+    assert snapshot(base / "results") == before
 
 
 def _write_case(folder: Path, case: str, channels: int = 2, ending: str = ".nii.gz", seed: int = 0, size: int = SIZE) -> list[Path]:
@@ -406,6 +470,14 @@ def _two_files_one_channel(folder: Path) -> tuple[Path, tuple[str, ...]]:
     return folder, ("d_0000", "also given by")
 
 
+def _fifty_mm(folder: Path) -> tuple[Path, tuple[str, ...]]:
+    """A 32^3 case whose header says 50 mm (the model works at 1 mm): 1.25e5x the voxels."""
+    images, _ = _volume(0, 2)
+    for c, image in enumerate(images):
+        write_image(image, ImageGeometry(GEOMETRY.shape, (50.0, 50.0, 50.0)), folder / f"big_{c:04d}.nii.gz")
+    return folder, ("big_0000.nii.gz", "would resample", "GiB", "header")
+
+
 def _input_folder(out: Path) -> Path:
     return out.parent / "in"
 
@@ -458,6 +530,7 @@ PREDICT_CASES = {
     "-o reaches the input folder through ..": PredictCase(_plain_file, extra=("--overwrite",), output=_input_folder_via_dots),
     "colliding case names, -o the input folder": PredictCase(_colliding_cases, extra=("--overwrite",), output=_input_folder),
     "two files for one channel": PredictCase(_two_files_one_channel),
+    "50 mm header spacing": PredictCase(_fifty_mm),
     "--device cuda without a GPU creates no -o": PredictCase(_ok, ("cuda",), ("--device", "cuda"), output=_new_folder),
     "disk full writing probabilities": PredictCase(
         _ok, ("ok.npz", "cannot write"), ("--save-probabilities",), file_size_limit=8192
@@ -532,3 +605,68 @@ def test_killed_prediction_leaves_no_partial_output_and_resumes(model, tmp_path)
     assert not leftover_file.exists() and not leftover_folder.exists()
     # A temporary the kill itself left (it would be young) is hidden, marked, and never taken for a result.
     assert all(TEMP_MARKER in p.name for p in out.iterdir() if p.name.startswith("."))
+
+
+# ---------------------------------------------------------------- vs_ensemble
+
+
+def _probability_folders(base: Path) -> list[Path]:
+    """Two prediction folders with probabilities of cases p0 and p1 (8^3, labels 0/1)."""
+    from vessel_seg.inference.ensemble import save_probabilities
+
+    geometry = ImageGeometry((8, 8, 8), (1.0, 1.0, 1.0))
+    folders = [base / "fold_a", base / "fold_b"]
+    for k, folder in enumerate(folders):
+        for case in ("p0", "p1"):
+            fg = np.random.default_rng(k).uniform(0, 1, (8, 8, 8)).astype(np.float32)
+            save_probabilities(folder / f"{case}.npz", np.stack([1 - fg, fg]), [0, 1], geometry, ".nii.gz")
+    return folders
+
+
+def _truncated_npz(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-300])
+
+
+def _flipped_npz(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0xFF  # inside the compressed probabilities: a CRC error
+    path.write_bytes(bytes(data))
+
+
+def _bad_geometry_npz(path: Path) -> None:
+    with np.load(path) as data:
+        arrays = dict(data)
+    arrays["geometry"] = np.asarray(json.dumps({"shape": "eight", "spacing": None}))
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+ENSEMBLE_DAMAGE = {"truncated .npz": _truncated_npz, "flipped byte (CRC)": _flipped_npz, "bad geometry JSON": _bad_geometry_npz}
+
+
+def test_ensemble_checks_every_input_before_writing(tmp_path):
+    env = roots_env(tmp_path)
+    jobs, bases = {}, {}
+    for name, damage in ENSEMBLE_DAMAGE.items():
+        base = bases[name] = tmp_path / name.replace(" ", "_")
+        folders = _probability_folders(base)
+        damage(folders[1] / "p1.npz")  # the second case: p0 would be written first without the checks
+        jobs[name] = lambda f=folders, b=base: (
+            snapshot(b), run(command("ensemble", "-i", *map(str, f), "-o", str(b / "out")), env), snapshot(b)
+        )
+    for name, (before, proc, after) in run_all(jobs).items():
+        assert_one_line_error(proc, "p1.npz")
+        assert after == before, name  # no mask of p0, no output folder
+
+
+def test_refused_pretrained_checkpoint_leaves_no_model_folder(model, tmp_path):
+    base, env = model
+    foreign = tmp_path / "tensors.pt"
+    import torch
+
+    torch.save({"weight": torch.zeros(3)}, foreign)  # a tensor-only file, no vessel_seg checkpoint
+    before = snapshot(base / "results", base / "preprocessed")
+    proc = run(command("train", str(MODEL_ID), "3d_fullres", "1", "-pl", "cpu", "--pretrained", str(foreign),
+                       "--epochs", "1"), env)
+    assert_one_line_error(proc, "tensors.pt", "network_weights")
+    assert snapshot(base / "results", base / "preprocessed") == before

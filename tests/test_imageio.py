@@ -77,3 +77,21 @@ def test_label_reading_and_2d(tmp_path):
 def test_write_to_missing_folder_fails_cleanly(tmp_path):
     with pytest.raises(ImageWriteError, match="does not exist"):
         write_image(np.zeros((2, 2, 2)), ImageGeometry(shape=(2, 2, 2), spacing=(1, 1, 1)), tmp_path / "no" / "x.nii.gz")
+
+
+def test_library_warnings_join_the_error_line_instead_of_printing(tmp_path, monkeypatch, capfd):
+    import os
+
+    from vessel_seg.imageio import reader
+
+    path = tmp_path / "x.nrrd"
+    path.write_bytes(b"NRRD0004\n")
+
+    def noisy(_path):
+        os.write(2, b"WARNING: In itkNrrdImageIO.cxx: unknown field\n")  # as C++ code prints it
+        raise RuntimeError("Could not read header")
+
+    monkeypatch.setattr(reader, "_header_geometry", noisy)
+    with pytest.raises(ImageReadError, match="Could not read header; WARNING: In itkNrrdImageIO"):
+        reader.read_geometry(path)
+    assert "WARNING" not in capfd.readouterr().err

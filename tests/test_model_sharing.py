@@ -103,3 +103,86 @@ def test_malicious_checkpoint_is_refused(data_roots, tmp_path, capsys):
     assert not marker.exists()
     assert not (data_roots["results"] / MODEL).exists()
     assert list(data_roots["results"].iterdir()) == []
+
+
+def _valid_checkpoint(path) -> bytes:
+    torch.save({"network_weights": {"w": torch.zeros(2)}, "metadata": {"fold": "0"}}, path)
+    return path.read_bytes()
+
+
+def _encrypted(zf: zipfile.ZipFile, tmp_path) -> None:
+    info = zipfile.ZipInfo(f"{MODEL}/dataset.json")
+    zf.writestr(info, "{}")
+    info.flag_bits |= 0x1  # the header says "encrypted"
+
+
+def _unknown_compression(zf: zipfile.ZipFile, tmp_path) -> None:
+    info = zipfile.ZipInfo(f"{MODEL}/dataset.json")
+    zf.writestr(info, "{}")
+    info.compress_type = 99
+
+
+def _tensor_only(zf: zipfile.ZipFile, tmp_path) -> None:
+    torch.save({"w": torch.zeros(2)}, tmp_path / "t.pt")
+    zf.write(tmp_path / "t.pt", f"{MODEL}/fold_0/checkpoint_final.pt")
+
+
+def _recipe_outside(zf: zipfile.ZipFile, tmp_path) -> None:
+    recipe = {"dataset_name": DATASET, "plans_name": "cpu", "configurations": ["3d_fullres"], "folds": ["0"],
+              "trainer": "../../../ELSE/x"}
+    zf.writestr(f"{DATASET}/inference_recipe.json", __import__("json").dumps(recipe))
+
+
+def _many_folds(zf: zipfile.ZipFile, tmp_path) -> None:
+    data = _valid_checkpoint(tmp_path / "ok.pt")
+    for k in range(25):
+        zf.writestr(f"{MODEL}/fold_{k}/checkpoint_final.pt", data)
+
+
+ARCHIVE_DAMAGE = {
+    "encrypted flag": (_encrypted, "encrypted"),
+    "unknown compression": (_unknown_compression, "compression method 99"),
+    "tensor-only checkpoint": (_tensor_only, "no vessel_seg network weights"),
+    "recipe trainer outside VS_RESULTS": (_recipe_outside, "plain name"),
+    "25 folds": (_many_folds, "25 folds"),
+}
+
+
+@pytest.mark.parametrize("name", list(ARCHIVE_DAMAGE))
+def test_damaged_or_foreign_archives_are_refused_before_install(data_roots, tmp_path, capsys, name):
+    damage, message = ARCHIVE_DAMAGE[name]
+    archive = tmp_path / "bad.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr(f"{MODEL}/plans.json", "{}")
+        damage(zf, tmp_path)
+    assert message in _import_error(capsys, archive)
+    assert list(data_roots["results"].iterdir()) == []
+
+
+def _rewrite_entry_bytes(archive, edit) -> None:
+    data = bytearray(archive.read_bytes())
+    edit(data)
+    archive.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["crc", "lying size"])
+def test_corrupt_entries_are_refused(data_roots, tmp_path, capsys, damage):
+    archive = tmp_path / "bad.zip"
+    payload = _valid_checkpoint(tmp_path / "ok.pt")
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr(f"{MODEL}/plans.json", "{}")
+        zf.writestr(f"{MODEL}/fold_0/checkpoint_final.pt", payload)
+    blob = archive.read_bytes()
+    start = blob.index(payload)
+    if damage == "crc":
+        _rewrite_entry_bytes(archive, lambda d: d.__setitem__(start + len(payload) // 2, d[start + len(payload) // 2] ^ 0xFF))
+    else:  # the central directory claims 10 bytes for the checkpoint: extraction must stop there
+        with zipfile.ZipFile(archive) as zf:
+            info = zf.getinfo(f"{MODEL}/fold_0/checkpoint_final.pt")
+        size_field = blob.rindex(b"PK\x01\x02") + 24  # the last central record is the checkpoint's
+
+        _rewrite_entry_bytes(archive, lambda d: d.__setitem__(slice(size_field, size_field + 4), (10).to_bytes(4, "little")))
+        assert info.file_size == len(payload)
+    err = _import_error(capsys, archive)
+    assert "checkpoint_final.pt" in err and ("damaged" in err or "declared" in err or "refused" in err)
+    assert list(data_roots["results"].iterdir()) == []

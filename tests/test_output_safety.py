@@ -111,3 +111,21 @@ def test_output_location_is_checked_without_creating_it(tmp_path):
     blocker.write_text("x")
     with pytest.raises(Exception, match="not writable"):
         check_output_location(blocker / "sub")
+
+
+def test_a_240_character_case_id_predicts_with_probabilities(tmp_path):
+    case_id = "c" * 240  # temporary names are longer than final ones: they must still fit in 255 bytes
+    _image(tmp_path / "in" / f"{case_id}_0000.nii.gz", 0)
+    options = PredictionOptions(use_tta=False, save_probabilities=True)
+    predict_cases([threshold_model()], tmp_path / "in", tmp_path / "out", options)
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {f"{case_id}.nii.gz", f"{case_id}.npz"}
+
+
+def test_temporary_names_of_long_files_fit_the_filesystem(tmp_path):
+    from vessel_seg.atomic import NAME_MAX, write_bytes_atomic
+
+    for length in (200, 240, 248):
+        target = tmp_path / ("n" * length + ".npy")
+        write_bytes_atomic(target, b"data")
+        assert target.read_bytes() == b"data" and len(target.name) <= NAME_MAX
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted("n" * n + ".npy" for n in (200, 240, 248))

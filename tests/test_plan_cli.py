@@ -31,7 +31,7 @@ def test_verify_reports_each_problem_and_exits_nonzero(data_roots, capsys):
     image.SetSpacing((2.0, 2.0, 2.0))
     sitk.WriteImage(image, str(label))
     (raw / "labelsTr" / "synth_002.nii.gz").write_bytes(b"not an image")
-    assert main(["-d", "Dataset013_Synthetic", "--verify", "-np", "1"]) == 1
+    assert main(["-d", "Dataset013_Synthetic", "--verify", "-np", "1"]) == 2
     err = capsys.readouterr().err
     problems = [line for line in err.splitlines() if line.startswith("problem:")]
     assert len(problems) == 2

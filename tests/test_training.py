@@ -13,6 +13,7 @@ import pytest
 import torch
 from training_helpers import add_cascade_plans, quick
 
+from vessel_seg.atomic import TEMP_MARKER
 from vessel_seg.checkpoint import load_checkpoint
 from vessel_seg.dataset_conversion.synthetic import generate_dataset
 from vessel_seg.errors import VesselSegError
@@ -82,6 +83,8 @@ def test_resume_continues_from_latest_and_pretrained_loads(roots):
     assert load_trained_model(first.fold_dir.parent, folds=[2], checkpoint="epoch0001").networks
     with pytest.raises(VesselSegError, match="snapshot such as epoch0020"):
         load_trained_model(first.fold_dir.parent, folds=[2], checkpoint="epoch1")
+    stale = first.fold_dir / f".checkpoint_previous.pt{TEMP_MARKER}-killed"  # a checkpoint write killed midway
+    stale.write_bytes(b"partial")
     job.resume = True
     job.settings = quick(epochs=3, final_validation=False, optimizer="sgd")
     with pytest.raises(VesselSegError, match="trained with --optimizer adamw, not sgd; continue it with --optimizer adamw"):
@@ -89,6 +92,7 @@ def test_resume_continues_from_latest_and_pretrained_loads(roots):
     job.settings = quick(epochs=3, final_validation=False)
     second = train(job)
     assert second.epochs_run == 1
+    assert not stale.exists()
     epochs = [json.loads(line)["epoch"] for line in (second.fold_dir / "training_log.jsonl").read_text().splitlines()]
     assert epochs == [0, 1, 2]
     tuned = train(TrainingJob(
@@ -246,3 +250,11 @@ def test_diverging_training_stops_with_one_line_and_keeps_the_good_checkpoint(ro
 def test_training_settings_reject_bad_numbers(bad):
     with pytest.raises(ValueError):
         quick(**bad)
+
+
+def test_preprocessing_again_clears_temporaries_of_a_killed_run(roots):
+    folder = next((roots / "preprocessed").glob("Dataset007_*/cpu_3d_fullres"))
+    stale = folder / f".case_000.npy{TEMP_MARKER}-killed"
+    stale.write_bytes(b"half a case")
+    plan_and_preprocess(7, plans_name="cpu", num_workers=1)
+    assert not stale.exists()

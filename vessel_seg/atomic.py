@@ -13,6 +13,7 @@ write in progress reaches without touching its file, so a concurrent run is neve
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -36,13 +37,33 @@ def default_file_mode() -> int:
     return 0o666 & ~umask
 
 
+NAME_MAX = 255  # bytes in one file name on the common Linux/macOS filesystems
+_RANDOM_PART = 8  # characters mkstemp inserts
+
+
+def _temporary_affixes(name: str) -> tuple[str, str]:
+    """``(prefix, suffix)`` of a hidden temporary for ``name`` whose whole name stays within :data:`NAME_MAX`.
+
+    Normally ``.NAME.vstmp-XXXXXXXX.ext``; a long final name (a 240-character case id) would make
+    that too long for the filesystem, so the name is then cut and a short hash of it keeps it unique.
+    """
+    suffix = "".join(Path(name).suffixes)[-16:] or ".tmp"
+    prefix = f".{name}{TEMP_MARKER}"
+    budget = NAME_MAX - _RANDOM_PART - len(suffix.encode())
+    if len(prefix.encode()) <= budget:
+        return prefix, suffix
+    digest = hashlib.sha1(name.encode()).hexdigest()[:12]
+    keep = name.encode()[: max(budget - len(TEMP_MARKER) - len(digest) - 2, 1)].decode(errors="ignore")
+    return f".{keep}~{digest}{TEMP_MARKER}", suffix
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path``, on error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARKER}", suffix=suffix, dir=path.parent)
+    prefix, suffix = _temporary_affixes(path.name)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
     os.fchmod(fd, default_file_mode())
     os.close(fd)
     try:

@@ -40,7 +40,7 @@ def _command(args: argparse.Namespace) -> int:
             for line in exc.problems:
                 print(f"problem: {line}", file=sys.stderr)
             print(f"error: {exc}", file=sys.stderr)
-            return 1
+            return 2  # a user error like every other: one exit code for all of them
         timing = ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
         print(f"{result.plans.dataset_name}: plans {result.plans_path} ({', '.join(result.plans.configurations)}); {timing}")
     return 0

@@ -9,8 +9,11 @@ reject them. Every other format goes through SimpleITK. All failures raise
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
@@ -20,6 +23,9 @@ import SimpleITK as sitk
 from vessel_seg.errors import ImageReadError
 from vessel_seg.imageio.formats import SUPPORTED_EXTENSIONS, image_extension
 from vessel_seg.imageio.geometry import ImageGeometry
+from vessel_seg.imageio.native_output import native_stderr_captured
+
+log = logging.getLogger(__name__)
 
 # z spacing given to 2D images so that planners treat them as one slice of an infinitely thick stack.
 SPACING_OF_2D_Z = 999.0
@@ -80,8 +86,35 @@ def _squeeze_itk_info(reader: sitk.ImageFileReader) -> tuple:
     return size, spacing, origin, tuple(direction.ravel()), dim
 
 
+QFORM_SFORM_TOLERANCE_MM = 1e-3
+
+
+def _check_nifti_transforms(path: Path) -> None:
+    """Raise ``ValueError`` when a NIfTI header's qform and sform both apply but place the voxels differently.
+
+    ITK (hence the mask we write) uses one of them and writes it into both, while tools that read the
+    other would put the mask elsewhere than the image. Such a header is refused, not silently resolved.
+    """
+    header = nib.load(str(path)).header
+    if not isinstance(header, nib.Nifti1Header) or header["qform_code"] <= 0 or header["sform_code"] <= 0:
+        return
+    qform, sform = header.get_qform(), header.get_sform()
+    size = (list(header.get_data_shape()[:3]) + [1, 1, 1])[:3]
+    # the difference of the two transforms at the image's corner voxels, in mm
+    corners = np.array([[i * (size[0] - 1), j * (size[1] - 1), k * (size[2] - 1), 1.0]
+                        for i in (0, 1) for j in (0, 1) for k in (0, 1)])
+    gap = float(np.abs(corners @ (qform - sform).T)[:, :3].max())
+    if gap > QFORM_SFORM_TOLERANCE_MM:
+        raise ValueError(
+            f"NIfTI qform and sform disagree by up to {gap:.3g} mm; tools differ in which they use: make them "
+            "equal (e.g. fslorient -copysform2qform) or set one code to 0"
+        )
+
+
 def _header_geometry(path: Path) -> tuple[ImageGeometry, int]:
     """Geometry and dimension from the file header alone (SimpleITK reads no voxels here)."""
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        _check_nifti_transforms(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
@@ -96,6 +129,25 @@ def _check_not_empty(path: Path) -> None:
         raise ImageReadError(f"{path}: file is empty (0 bytes); copy or export it again")
 
 
+@contextmanager
+def _library_output() -> Iterator[list[str]]:
+    """Capture what ITK/GDCM/niftilib print while a file is parsed (lines filled on exit).
+
+    Their warnings would otherwise come before our one error line. Only on the main thread: the
+    redirect covers the whole process, and a reader thread (overlapped prediction I/O) would
+    swallow the main thread's log lines; there the libraries keep printing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield []
+        return
+    with native_stderr_captured() as lines:
+        yield lines
+
+
+def _with_library_output(reason: str, lines: list[str]) -> str:
+    return f"{reason}; {lines[0][:150]}" if lines else reason
+
+
 def read_geometry(path: str | Path) -> ImageGeometry:
     """The :class:`ImageGeometry` of an image file from its header, without reading the voxels.
 
@@ -105,12 +157,18 @@ def read_geometry(path: str | Path) -> ImageGeometry:
     if not path.is_file():
         raise ImageReadError(f"{path}: file not found")
     _check_not_empty(path)
+    native: list[str] = []
     try:
-        return _header_geometry(path)[0]
+        with _library_output() as native:
+            geometry = _header_geometry(path)[0]
     except Exception as exc:  # noqa: BLE001 - any parser failure on an untrusted file is the file's problem
+        reason = _with_library_output(failure_reason(exc), native)
         raise ImageReadError(
-            f"{path}: cannot read image header ({failure_reason(exc)}); replace it with a complete, valid image file"
+            f"{path}: cannot read image header ({reason}); replace it with a complete, valid image file"
         ) from exc
+    for line in native:
+        log.debug("%s: %s", path, line)
+    return geometry
 
 
 def _read_nifti(path: Path) -> tuple[np.ndarray, ImageGeometry]:
@@ -147,40 +205,70 @@ def read_array(path: str | Path, allow_nonfinite: bool = False) -> tuple[np.ndar
         raise ImageReadError(
             f"{path}: unsupported file type; use one of {', '.join(SUPPORTED_EXTENSIONS)} or a DICOM folder"
         )
+    native: list[str] = []
     try:
-        if ext in (".nii", ".nii.gz"):
-            data, geometry = _read_nifti(path)
-        else:
-            data, geometry = _read_itk(sitk.ReadImage(str(path)))
+        with _library_output() as native:
+            if ext in (".nii", ".nii.gz"):
+                data, geometry = _read_nifti(path)
+            else:
+                data, geometry = _read_itk(sitk.ReadImage(str(path)))
     except Exception as exc:  # noqa: BLE001 - any parser failure on an untrusted file is the file's problem
         raise ImageReadError(
-            f"{path}: cannot read image ({failure_reason(exc)}); replace it with a complete, valid image file"
+            f"{path}: cannot read image ({_with_library_output(failure_reason(exc), native)}); "
+            "replace it with a complete, valid image file"
         ) from exc
+    for line in native:
+        log.debug("%s: %s", path, line)
     if not allow_nonfinite and data.dtype.kind == "f" and not np.isfinite(data).all():
         nan, inf = int(np.isnan(data).sum()), int(np.isinf(data).sum())
         raise ImageReadError(
             f"{path}: {nan} NaN and {inf} Inf voxel(s) (NaN or Inf values are not allowed); "
             "replace them with finite intensities and run again"
         )
+    _check_float32_range(path, data)
     return data, geometry
+
+
+def _check_float32_range(path: Path, data: np.ndarray) -> None:
+    """Raise :class:`ImageReadError` if ``data`` (wider than float32) would overflow to Inf in float32.
+
+    Header scaling (NIfTI ``scl_slope``/``scl_inter``, DICOM rescale) turns integers into float64
+    that may be finite there and Inf once cast to float32, where every later step works.
+    """
+    if data.dtype.kind != "f" or data.dtype.itemsize <= 4 or not data.size:
+        return
+    peak = float(np.abs(data).max())
+    if peak > float(np.finfo(np.float32).max):
+        raise ImageReadError(
+            f"{path}: intensities reach {peak:.3g}, beyond what float32 holds (header scaling such as NIfTI scl_slope?); "
+            "fix the scaling in the header or rescale the image"
+        )
 
 
 def read_dicom_series(folder: str | Path) -> tuple[np.ndarray, ImageGeometry]:
     """Read the largest DICOM series in ``folder`` as a ``(Z, Y, X)`` array."""
     folder = Path(folder)
+    native: list[str] = []
     try:
-        series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ()
-        if not series_ids:
-            raise ImageReadError(f"{folder}: no DICOM series found in this folder")
-        files = max(
-            (sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids), key=len
-        )
-        reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(files)
-        data, geometry = _read_itk(reader.Execute())
+        with _library_output() as native:
+            data, geometry = _read_series(folder)
     except RuntimeError as exc:
-        raise ImageReadError(f"{folder}: cannot read DICOM series ({str(exc).strip()[:200]})") from exc
+        reason = _with_library_output(str(exc).strip()[:200], native)
+        raise ImageReadError(f"{folder}: cannot read DICOM series ({reason})") from exc
+    for line in native:
+        log.debug("%s: %s", folder, line)
     return data, geometry
+
+
+def _read_series(folder: Path) -> tuple[np.ndarray, ImageGeometry]:
+    """The largest series in ``folder`` (ImageReadError when there is none)."""
+    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ()
+    if not series_ids:
+        raise ImageReadError(f"{folder}: no DICOM series found in this folder")
+    files = max((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids), key=len)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    return _read_itk(reader.Execute())
 
 
 def read_image(paths: str | Path | Sequence[str | Path]) -> tuple[np.ndarray, ImageGeometry]:

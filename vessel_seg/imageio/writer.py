@@ -3,12 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import sys
-import tempfile
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +12,11 @@ from vessel_seg.atomic import staging_folder
 from vessel_seg.errors import ImageWriteError
 from vessel_seg.imageio.formats import SUPPORTED_EXTENSIONS, image_extension
 from vessel_seg.imageio.geometry import ImageGeometry
+from vessel_seg.imageio.native_output import native_stderr_captured
 from vessel_seg.imageio.reader import failure_reason
 
 log = logging.getLogger(__name__)
 
-_STDERR_LOCK = threading.Lock()
 
 # Smallest NIfTI-1 header; the voxels follow it (ITK writes them at offset 352).
 NIFTI_HEADER_BYTES = 348
@@ -46,36 +40,6 @@ def to_itk(array: np.ndarray, geometry: ImageGeometry) -> sitk.Image:
     image.SetOrigin(geometry.origin)
     image.SetDirection(geometry.direction)
     return image
-
-
-@contextmanager
-def _native_stderr_captured() -> Iterator[list[str]]:
-    """Route what C++ code prints on file descriptor 2 into the yielded list (filled on exit).
-
-    ITK's writers print their own diagnostics ("** ERROR: NWAD: wrote only ...") besides, or
-    instead of, raising; they become part of the one-line error or a debug message. The
-    descriptor is shared by all threads, so the redirect is kept to the write call alone and one
-    thread at a time holds it (nested redirects would restore the wrong descriptor).
-    """
-    lines: list[str] = []
-    with _STDERR_LOCK:
-        try:
-            if sys.stderr is not None:
-                sys.stderr.flush()
-            saved = os.dup(2)
-        except (OSError, ValueError):  # no usable descriptor 2 (embedded interpreter): nothing to capture
-            yield lines
-            return
-        with tempfile.TemporaryFile() as sink:
-            os.dup2(sink.fileno(), 2)
-            try:
-                yield lines
-            finally:
-                os.dup2(saved, 2)
-                os.close(saved)
-                sink.seek(0)
-                text = sink.read().decode(errors="replace")
-                lines.extend(line.strip() for line in text.splitlines() if line.strip())
 
 
 def _check_nifti(path: Path, data_bytes: int) -> None:
@@ -124,7 +88,7 @@ def write_image(array: np.ndarray, geometry: ImageGeometry, path: str | Path, co
     try:
         with staging_folder(path.parent) as staging:
             staged = staging / path.name
-            with _native_stderr_captured() as native:
+            with native_stderr_captured() as native:
                 sitk.WriteImage(to_itk(array, geometry), str(staged), useCompression=compress)
             if ext in (".nii", ".nii.gz"):
                 _check_nifti(staged, array.nbytes)

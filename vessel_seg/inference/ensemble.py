@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import logging
+import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,20 +69,76 @@ def save_probabilities(
     return path
 
 
+# What a damaged or foreign .npz raises on the way: truncated or bad-CRC archives, bad JSON, wrong types.
+_UNREADABLE = (OSError, ValueError, KeyError, EOFError, TypeError, AttributeError, zipfile.BadZipFile, zlib.error)
+
+
+def _unreadable(path: Path, exc: BaseException) -> ImageReadError:
+    return ImageReadError(f"{path}: not a readable vessel_seg probability file ({exc}); write it again with "
+                          "vs_predict --save-probabilities")
+
+
+def _metadata(data, path: Path) -> tuple[list[int], ImageGeometry, str]:
+    labels = [int(v) for v in data["label_values"]]
+    geometry = ImageGeometry.from_dict(json.loads(str(data["geometry"])))
+    ending = str(data["file_ending"])
+    if not labels or len(set(labels)) != len(labels) or not ending.startswith("."):
+        raise ValueError(f"label values {labels} / file ending {ending!r} are not usable")
+    return labels, geometry, ending
+
+
+def check_probability_file(path: str | Path) -> SavedProbabilities:
+    """Verify a probability file without keeping its voxels: every CRC, labels, geometry and the array's shape.
+
+    Returns a :class:`SavedProbabilities` whose ``probabilities`` is an empty placeholder; raises
+    :class:`ImageReadError` naming the file. Lets ``vs_ensemble`` refuse a bad input before it
+    writes the first mask.
+    """
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()  # decompresses each member once, checking its CRC
+            if bad is not None:
+                raise ValueError(f"member {bad} is corrupt")
+            with archive.open("probabilities.npy") as member:
+                version = np.lib.format.read_magic(member)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read_header(member)  # the header only, no voxels
+        with np.load(path, allow_pickle=False) as data:
+            labels, geometry, ending = _metadata(data, path)
+    except _UNREADABLE as exc:
+        raise _unreadable(path, exc) from exc
+    if tuple(shape) != (len(labels), *geometry.shape) or np.dtype(dtype).kind != "f":
+        raise ImageReadError(f"{path}: probabilities {tuple(shape)} ({dtype}) do not match the stored geometry {geometry.shape}")
+    return SavedProbabilities(np.empty((0,), np.float16), labels, geometry, ending)
+
+
 def load_probabilities(path: str | Path) -> SavedProbabilities:
     """Read a file written by :func:`save_probabilities` (no pickles are loaded)."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as data:
             probs = data["probabilities"]
-            labels = [int(v) for v in data["label_values"]]
-            geometry = ImageGeometry.from_dict(json.loads(str(data["geometry"])))
-            ending = str(data["file_ending"])
-    except (OSError, ValueError, KeyError, EOFError) as exc:
-        raise ImageReadError(f"{path}: not a vessel_seg probability file ({exc}); write it with vs_predict --save-probabilities") from exc
+            labels, geometry, ending = _metadata(data, path)
+    except _UNREADABLE as exc:
+        raise _unreadable(path, exc) from exc
     if probs.shape != (len(labels), *geometry.shape):
         raise ImageReadError(f"{path}: probabilities {probs.shape} do not match the stored geometry {geometry.shape}")
     return SavedProbabilities(probs, labels, geometry, ending)
+
+
+def _check_agreement(first: SavedProbabilities, other: SavedProbabilities, first_path: Path, path: Path) -> None:
+    if other.label_values != first.label_values:
+        raise VesselSegError(f"{path}: label values {other.label_values} differ from {first_path} ({first.label_values})")
+    if (problem := first.geometry.mismatch(other.geometry)) is not None:
+        raise VesselSegError(f"{path}: geometry differs from {first_path} ({problem}); ensemble predictions of the same images")
+
+
+def check_case_files(paths: Sequence[Path]) -> None:
+    """Every probability file of one case is intact and agrees with the first (labels, geometry)."""
+    first = check_probability_file(paths[0])
+    for path in paths[1:]:
+        _check_agreement(first, check_probability_file(path), paths[0], path)
 
 
 def average_probabilities(paths: Sequence[Path]) -> SavedProbabilities:
@@ -89,10 +147,7 @@ def average_probabilities(paths: Sequence[Path]) -> SavedProbabilities:
     total = first.probabilities.astype(np.float32)
     for path in paths[1:]:
         other = load_probabilities(path)
-        if other.label_values != first.label_values:
-            raise VesselSegError(f"{path}: label values {other.label_values} differ from {paths[0]} ({first.label_values})")
-        if (problem := first.geometry.mismatch(other.geometry)) is not None:
-            raise VesselSegError(f"{path}: geometry differs from {paths[0]} ({problem}); ensemble predictions of the same images")
+        _check_agreement(first, other, paths[0], path)
         total += other.probabilities
     total /= len(paths)
     return SavedProbabilities(total, first.label_values, first.geometry, first.file_ending)
@@ -127,6 +182,8 @@ def ensemble_folders(
         if cases != case_sets[0]:
             diff = sorted(cases ^ case_sets[0])
             raise VesselSegError(f"{folder}: holds different cases than {dirs[0]} (e.g. {diff[0]}); ensemble the same cases")
+    for case_id in sorted(case_sets[0]):  # every input checked before the first mask is written
+        check_case_files([d / f"{case_id}{PROBABILITY_SUFFIX}" for d in dirs])
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []

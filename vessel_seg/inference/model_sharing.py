@@ -20,10 +20,10 @@ import json
 import logging
 import os
 import re
-import shutil
 import stat
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
@@ -34,7 +34,11 @@ from vessel_seg.paths import DATASET_NAME_RE, resolve_dataset, results_root
 
 log = logging.getLogger(__name__)
 
-MAX_UNCOMPRESSED_BYTES = 16 * 1024**3
+MAX_UNCOMPRESSED_BYTES = 16 * 1024**3  # the whole archive
+MAX_CHECKPOINT_BYTES = 4 * 1024**3  # one checkpoint (the largest GPU plans stay far below)
+MAX_JSON_BYTES = 64 * 1024**2  # one plans / dataset / fingerprint / recipe / summary file
+MAX_ENTRIES = 2000  # files in an archive: a few configurations x folds x checkpoints
+MAX_FOLDS = 20  # per model folder (5-fold CV plus "all" in practice)
 RECIPE_FILE = "inference_recipe.json"
 MODEL_FILES = ("plans.json", "dataset.json", "fingerprint.json")
 CHECKPOINTS = ("checkpoint_final.pt", "checkpoint_best.pt")
@@ -79,9 +83,13 @@ def export_model(
     if recipe.is_file():
         files.append(recipe)
     output_zip = Path(output_zip)
-    with atomic_open(output_zip) as handle, zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in files:
-            archive.write(path, path.relative_to(results_root()).as_posix())
+    try:
+        with atomic_open(output_zip) as handle, zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED) as archive:
+            for path in files:
+                archive.write(path, path.relative_to(results_root()).as_posix())
+    except OSError as exc:  # the temporary is gone (atomic_open): nothing partial is left
+        raise VesselSegError(f"{output_zip}: cannot write the archive ({exc.strerror or exc}); check free space and "
+                             "permissions") from exc
     log.info("exported %d model folder(s) of %s (%d files) to %s", len(dirs), dataset_name, len(files), output_zip)
     return output_zip
 
@@ -112,19 +120,80 @@ def _check_entry(info: zipfile.ZipInfo, source: Path) -> PurePosixPath | None:
     return path
 
 
-def _validate_extracted(folder: Path, files: list[PurePosixPath], source: Path) -> None:
-    for rel in files:
-        path = folder / rel
-        if path.suffix == ".pt":
-            try:
-                load_checkpoint(path)
-            except CheckpointError as exc:
-                raise CheckpointError(f"{source}: {rel} refused ({exc})") from exc
-        else:
-            try:
-                json.loads(path.read_text())
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise VesselSegError(f"{source}: {rel} is not valid JSON; refused") from exc
+def _size_limit(rel: PurePosixPath) -> int:
+    return MAX_CHECKPOINT_BYTES if rel.suffix == ".pt" else MAX_JSON_BYTES
+
+
+def _check_declared_sizes(files: list[tuple[zipfile.ZipInfo, PurePosixPath]], source: Path) -> None:
+    """Refuse by the central directory alone: encryption, compression methods, sizes, fold counts."""
+    folds: dict[str, set[str]] = {}
+    for info, rel in files:
+        if info.flag_bits & 0x1:
+            raise VesselSegError(f"{source}: entry {info.filename!r} is encrypted; refused (model archives are plain zips)")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise VesselSegError(
+                f"{source}: entry {info.filename!r} uses compression method {info.compress_type}; refused "
+                "(vs_export_model writes stored or deflated entries)"
+            )
+        if info.file_size > _size_limit(rel):
+            raise VesselSegError(f"{source}: entry {info.filename!r} declares {info.file_size} bytes, over the "
+                                 f"{_size_limit(rel)} allowed for such a file; refused")
+        if len(rel.parts) >= 4:
+            folds.setdefault(rel.parts[1], set()).add(rel.parts[2])
+    if sum(info.file_size for info, _ in files) > MAX_UNCOMPRESSED_BYTES:
+        raise VesselSegError(f"{source}: the archive unpacks to more than {MAX_UNCOMPRESSED_BYTES} bytes; refused")
+    for model, names in folds.items():
+        if len(names) > MAX_FOLDS:
+            raise VesselSegError(f"{source}: model folder {model} holds {len(names)} folds (at most {MAX_FOLDS}); refused")
+
+
+def _extract_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, source: Path) -> None:
+    """Copy one entry, never more bytes than it declares (a lying size is a zip bomb); one line on damage."""
+    try:
+        with archive.open(info) as src, open(target, "wb") as dst:
+            copied = 0
+            while chunk := src.read(1 << 20):
+                copied += len(chunk)
+                if copied > info.file_size:
+                    raise VesselSegError(f"{source}: entry {info.filename!r} holds more than its declared "
+                                         f"{info.file_size} bytes; refused")
+                dst.write(chunk)
+    except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError) as exc:
+        raise VesselSegError(f"{source}: entry {info.filename!r} is damaged ({exc}); refused") from exc
+    except OSError as exc:
+        raise VesselSegError(
+            f"{target.parent}: cannot unpack {info.filename!r} ({exc.strerror or exc}); check free space and permissions"
+        ) from exc
+
+
+def _validate_file(path: Path, rel: PurePosixPath, source: Path) -> None:
+    """A checkpoint must load with weights_only and hold network weights; other files must be JSON objects."""
+    if path.suffix == ".pt":
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{source}: {rel} refused ({exc})") from exc
+        weights = state.get("network_weights")
+        if not isinstance(weights, dict) or not weights or not isinstance(state.get("metadata"), dict):
+            raise CheckpointError(f"{source}: {rel} holds no vessel_seg network weights and metadata; refused")
+        return
+    try:
+        content = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise VesselSegError(f"{source}: {rel} is not valid JSON; refused") from exc
+    if not isinstance(content, dict):
+        raise VesselSegError(f"{source}: {rel} must hold a JSON object; refused")
+    if rel.name == RECIPE_FILE:
+        _validate_recipe(path, rel, source)
+
+
+def _validate_recipe(path: Path, rel: PurePosixPath, source: Path) -> None:
+    from vessel_seg.inference.recipe import load_recipe  # the recipe module imports postprocessing (scipy)
+
+    try:
+        load_recipe(path)
+    except VesselSegError as exc:
+        raise VesselSegError(f"{source}: {rel} refused ({str(exc).split(': ', 1)[-1]})") from exc
 
 
 def import_model(zip_path: str | Path, overwrite: bool = False) -> list[Path]:
@@ -141,11 +210,12 @@ def import_model(zip_path: str | Path, overwrite: bool = False) -> list[Path]:
         raise VesselSegError(f"{zip_path}: not a valid zip archive ({exc})") from exc
     with archive:
         infos = archive.infolist()
+        if len(infos) > MAX_ENTRIES:
+            raise VesselSegError(f"{zip_path}: {len(infos)} entries, more than a model archive holds ({MAX_ENTRIES}); refused")
         files = [(info, rel) for info in infos if (rel := _check_entry(info, zip_path)) is not None]
         if not files:
             raise VesselSegError(f"{zip_path}: the archive holds no model files")
-        if sum(info.file_size for info, _ in files) > MAX_UNCOMPRESSED_BYTES:
-            raise VesselSegError(f"{zip_path}: the archive unpacks to more than {MAX_UNCOMPRESSED_BYTES} bytes; refused")
+        _check_declared_sizes(files, zip_path)
         datasets = {rel.parts[0] for _, rel in files}
         if len(datasets) != 1:
             raise VesselSegError(f"{zip_path}: the archive mixes datasets ({', '.join(sorted(datasets))}); refused")
@@ -175,12 +245,11 @@ def _install(
     """Extract into a temporary folder, validate, then rename each model folder into place."""
     with tempfile.TemporaryDirectory(prefix=".import-", dir=dest_root) as tmp_dir:
         staging = Path(tmp_dir)
-        for info, rel in files:
+        for info, rel in files:  # each file is checked as soon as it is out: a bad one stops the rest
             target = staging / rel
             target.parent.mkdir(parents=True, exist_ok=True)
-            with archive.open(info) as src, open(target, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-        _validate_extracted(staging, [rel for _, rel in files], zip_path)
+            _extract_entry(archive, info, target, zip_path)
+            _validate_file(target, rel, zip_path)
         installed = []
         for name in targets:
             final = dest_root / name

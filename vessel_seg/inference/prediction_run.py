@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vessel_seg.atomic import remove_stale_temporaries
-from vessel_seg.errors import DatasetError, ImageWriteError, VesselSegError
+from vessel_seg.errors import DatasetError, ImageReadError, ImageWriteError, VesselSegError
 from vessel_seg.imageio import (
     ImageGeometry,
     image_extension,
@@ -46,6 +46,7 @@ from vessel_seg.inference.predictor import (
     predict_image,
     predict_original_probabilities,
 )
+from vessel_seg.planners.resampling import resampling_problem
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,19 @@ def check_inputs(models: Sequence[TrainedModel], cases: Sequence[InputCase]) -> 
     for case in cases:
         check_channel_files(case.case_id, case.files, num_channels, models[0].name)
         if not case.dicom:
-            check_case_headers(case.files, model_dims)
+            geometry = check_case_headers(case.files, model_dims)
+            check_resampling(case.files[0], geometry, models)
+
+
+def check_resampling(path: Path, geometry: ImageGeometry, models: Sequence[TrainedModel]) -> None:
+    """Refuse a header spacing that would blow the image up absurdly at a model's spacing (one line, the file)."""
+    for model in models:
+        target = list(model.config.spacing)
+        if len(target) < len(geometry.spacing):  # a 2d configuration keeps the slice axis
+            target = list(geometry.spacing[: len(geometry.spacing) - len(target)]) + target
+        problem = resampling_problem(geometry.shape, geometry.spacing, target)
+        if problem:
+            raise ImageReadError(f"{path}: {problem}, the spacing of model {model.name}; check the spacing in the header")
 
 
 def check_output_location(folder: str | Path) -> Path:

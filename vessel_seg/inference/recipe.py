@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,6 +78,15 @@ def save_recipe(recipe: InferenceRecipe, path: str | Path | None = None) -> Path
     return write_json_atomic(path if path is not None else recipe_path(recipe.dataset_name), recipe)
 
 
+# Recipe names become parts of paths under VS_RESULTS: a name such as "../../x" would reach outside it.
+NAME_RE = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_\-.]{0,99}$")
+FOLD_NAME_RE = re.compile(r"^(\d{1,3}|all)$")
+
+
+def _is_name(value: object) -> bool:
+    return isinstance(value, str) and bool(NAME_RE.match(value)) and ".." not in value
+
+
 def _is_str_list(value: object) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(v, str) and v for v in value)
 
@@ -85,12 +95,12 @@ def _validate(recipe: InferenceRecipe, source: str) -> None:
     """Raise :class:`VesselSegError` naming ``source`` on the first invalid field."""
     problems = []
     for name in ("dataset_name", "plans_name", "trainer"):
-        if not isinstance(getattr(recipe, name), str) or not getattr(recipe, name):
-            problems.append(f"'{name}' must be a non-empty string")
-    if not _is_str_list(recipe.configurations):
-        problems.append("'configurations' must be a non-empty list of strings")
-    if not _is_str_list(recipe.folds):
-        problems.append("'folds' must be a non-empty list of strings such as [\"0\", \"1\"]")
+        if not _is_name(getattr(recipe, name)):
+            problems.append(f"'{name}' must be a plain name (letters, digits, _ - .), not a path")
+    if not _is_str_list(recipe.configurations) or not all(_is_name(c) for c in recipe.configurations):
+        problems.append("'configurations' must be a non-empty list of configuration names")
+    if not _is_str_list(recipe.folds) or not all(FOLD_NAME_RE.match(f) for f in recipe.folds):
+        problems.append("'folds' must be a non-empty list of strings such as [\"0\", \"1\"] or [\"all\"]")
     post = recipe.postprocessing
     if not isinstance(post, PostprocessingRecipe):
         problems.append("'postprocessing' must be an object")

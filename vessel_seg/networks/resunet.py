@@ -22,7 +22,6 @@ from torch import Tensor, nn
 
 from vessel_seg.errors import PlansError
 from vessel_seg.networks.blocks import (
-    NORMS,
     BottleneckResidualBlock,
     ConvNormAct,
     ResidualStage,
@@ -32,44 +31,14 @@ from vessel_seg.networks.blocks import (
     init_weights,
 )
 from vessel_seg.planners.plans import NetworkTopology
+from vessel_seg.planners.plans_checks import topology_problem
 
 
 def validate_topology(topology: NetworkTopology) -> None:
     """Raise :class:`~vessel_seg.errors.PlansError` if the lists of ``topology`` do not fit together."""
-    problem = _topology_problem(topology)
+    problem = topology_problem(topology)
     if problem:
         raise PlansError(f"plans network topology: {problem}; fix plans.json or re-run vs_plan_and_preprocess")
-
-
-def _topology_problem(t: NetworkTopology) -> str:
-    n = t.num_stages
-    if t.dim not in (2, 3):
-        return f"dim must be 2 or 3, got {t.dim}"
-    if n < 1:
-        return "features_per_stage is empty"
-    lengths = {
-        "kernel_sizes": len(t.kernel_sizes),
-        "strides": len(t.strides),
-        "blocks_per_stage": len(t.blocks_per_stage),
-    }
-    for name, length in lengths.items():
-        if length != n:
-            return f"{name} has {length} entries but features_per_stage has {n}"
-    if len(t.blocks_per_stage_decoder) != n - 1:
-        return f"blocks_per_stage_decoder needs {n - 1} entries, got {len(t.blocks_per_stage_decoder)}"
-    if any(len(k) != t.dim or any(v < 1 or v % 2 == 0 for v in k) for k in t.kernel_sizes):
-        return f"kernel_sizes must hold {t.dim} odd positive values per stage, got {t.kernel_sizes}"
-    if any(len(s) != t.dim or any(v < 1 for v in s) for s in t.strides):
-        return f"strides must hold {t.dim} positive values per stage, got {t.strides}"
-    if any(v != 1 for v in t.strides[0]):
-        return f"strides[0] must be all ones (the first stage keeps full resolution), got {t.strides[0]}"
-    if min(t.features_per_stage) < 1 or min(t.blocks_per_stage + t.blocks_per_stage_decoder, default=1) < 1:
-        return "features and block counts must be positive"
-    if t.bottleneck_divisor < 1 or t.min_bottleneck_features < 1:
-        return "bottleneck_divisor and min_bottleneck_features must be positive"
-    if t.norm not in NORMS:
-        return f"norm must be one of {', '.join(NORMS)}, got {t.norm!r}"
-    return ""
 
 
 class ResUNet(nn.Module):

@@ -47,6 +47,7 @@ from vessel_seg.errors import DatasetError, PlansError
 from vessel_seg.imageio import read_image, read_label
 from vessel_seg.planners.cropping import nonzero_bbox
 from vessel_seg.planners.plans import ChannelIntensity
+from vessel_seg.planners.resampling import resampling_problem
 from vessel_seg.planners.verify import label_problem
 from vessel_seg.serialization import from_dict, read_json, write_json_atomic
 
@@ -233,6 +234,22 @@ def vessel_radii(mask: np.ndarray, spacing: list[float]) -> np.ndarray:
     return distance[skeleton].astype(np.float32)
 
 
+def check_case_spacings(fingerprint: DatasetFingerprint, raw_dataset_dir: Path) -> None:
+    """Raise :class:`DatasetError` for a case whose header spacing is implausible next to the others.
+
+    Planning and preprocessing resample every case to about the median spacing; one case at 20 mm
+    among 0.5 mm cases would be blown up hundreds of times (minutes of planning, absurd batches).
+    """
+    median = fingerprint.median_spacing
+    for case in fingerprint.cases:
+        problem = resampling_problem(case.shape_after_crop, case.spacing, median)
+        if problem:
+            raise DatasetError(
+                f"{raw_dataset_dir / 'imagesTr'}: case {case.case_id!r}: {problem}, the dataset's median spacing; "
+                "check the spacing in this case's header"
+            )
+
+
 def fingerprint_case(
     case: Case, seed: int = 0, declared_labels: Sequence[int] | None = None
 ) -> tuple[CaseFingerprint, list[np.ndarray], np.ndarray]:
@@ -329,6 +346,7 @@ def extract_fingerprint(raw_dataset_dir: str | Path, num_workers: int = 1) -> Da
         vessel_fraction=ValueSummary.from_values(c.vessel_fraction for c in case_fingerprints),
         num_components=ValueSummary.from_values(c.num_components for c in case_fingerprints),
     )
+    check_case_spacings(fingerprint, raw_dataset_dir)
     log.info(
         "fingerprint %s: %d cases, median spacing %s, radius p10/p50 %.2f/%.2f mm",
         fingerprint.dataset_name, len(case_fingerprints), [round(s, 3) for s in fingerprint.median_spacing],

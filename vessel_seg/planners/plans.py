@@ -125,6 +125,12 @@ class Plans:
         if not path.is_file():
             raise PlansError(f"{path}: plans not found; run vs_plan_and_preprocess first")
         try:
-            return from_dict(cls, read_json(path))
-        except (ValueError, TypeError, KeyError) as exc:
+            plans = from_dict(cls, read_json(path))
+        except (ValueError, TypeError, KeyError, OverflowError, AttributeError) as exc:
             raise PlansError(f"{path}: invalid plans file ({exc}); re-run vs_plan_and_preprocess") from exc
+        from vessel_seg.planners.plans_checks import plans_problem  # imports the network blocks: only when loading
+
+        problem = plans_problem(plans)
+        if problem:
+            raise PlansError(f"{path}: {problem}; fix the value or re-run vs_plan_and_preprocess")
+        return plans

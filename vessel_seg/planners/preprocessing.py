@@ -24,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vessel_seg import case_store
+from vessel_seg.atomic import remove_stale_temporaries
 from vessel_seg.case_store import CaseProperties
 from vessel_seg.dataset import Case, training_cases
 from vessel_seg.errors import DatasetError, PlansError
@@ -313,6 +314,8 @@ def preprocess_dataset(
     for config in _unique_configurations(plans, config_names):
         out_dir = preprocessed_dataset_dir / config.data_identifier
         out_dir.mkdir(parents=True, exist_ok=True)
+        # Temporaries of a killed earlier run (case_store writes atomically); this run owns the folder now.
+        remove_stale_temporaries(out_dir, older_than_s=0)
         folders.append(out_dir)
         done = set(case_store.list_cases(out_dir))
         todo = [case for case in cases if case.case_id not in done]

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from vessel_seg.atomic import remove_stale_temporaries
 from vessel_seg.case_store import list_cases
 from vessel_seg.device import amp_dtype, configure_backends, dtype_name, preferred_memory_format, select_device
 from vessel_seg.errors import CheckpointError, TrainingError
@@ -120,6 +121,9 @@ def train(job: TrainingJob) -> TrainingResult:
     dtype = amp_dtype(device, settings.amp)
     memory_format = preferred_memory_format(device, ctx.config.dim, dtype, settings.channels_last)
     model = _build_model(ctx, job, settings, device, dtype, memory_format)
+    if dist.is_main:  # only now: a refused --pretrained or plans leaves no model folder behind
+        copy_model_files(ctx)
+        ctx.fold_dir.mkdir(parents=True, exist_ok=True)
     checkpointer = Checkpointer(ctx.fold_dir, {
         "dataset": ctx.dataset_name, "configuration": ctx.config.name, "plans": job.plans_name,
         "fold": str(job.fold), "in_channels": model.in_channels, "num_classes": len(ctx.label_values),
@@ -129,6 +133,8 @@ def train(job: TrainingJob) -> TrainingResult:
     progress = TrainingLog(ctx.fold_dir)
     if dist.is_main:
         progress.truncate(state.start_epoch)
+        # A fold belongs to one run: temporaries of a killed checkpoint write are garbage now, whatever their age.
+        remove_stale_temporaries(ctx.fold_dir, older_than_s=0)
     run = _Run(ctx, settings, dist, model, checkpointer, progress, state)
     remaining = (settings.epochs - state.start_epoch) * settings.iterations_per_epoch
     step, compiling = _training_step(model, settings, device, dist, dtype, memory_format, remaining)
@@ -174,16 +180,12 @@ def _resolve_workers(settings: TrainingSettings, device: torch.device, dist: Dis
 
 
 def _fold_split(ctx: TrainingContext, job: TrainingJob, dist: DistributedContext) -> tuple[list[str], list[str]]:
-    """Training and validation cases of the fold (the main process writes splits and model files)."""
+    """Training and validation cases of the fold (the main process writes the splits)."""
     splits = load_or_create_splits(ctx.preprocessed_dir, ctx.case_ids) if dist.is_main else None
     barrier(dist)
     if splits is None:
         splits = load_or_create_splits(ctx.preprocessed_dir, ctx.case_ids)
-    train_ids, val_ids = fold_cases(splits, job.fold)
-    if dist.is_main:
-        copy_model_files(ctx)
-        ctx.fold_dir.mkdir(parents=True, exist_ok=True)
-    return train_ids, val_ids
+    return fold_cases(splits, job.fold)
 
 
 def _build_model(

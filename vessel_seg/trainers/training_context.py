@@ -8,7 +8,7 @@ from pathlib import Path
 
 from vessel_seg.case_store import list_cases
 from vessel_seg.dataset import DatasetInfo
-from vessel_seg.errors import DatasetError, VesselSegError
+from vessel_seg.errors import DatasetError, PlansError, VesselSegError
 from vessel_seg.model_folder import DEFAULT_TRAINER, fold_name, model_dir
 from vessel_seg.paths import preprocessed_root, raw_root, resolve_dataset
 from vessel_seg.planners.plans import ConfigurationPlan, Plans
@@ -36,6 +36,11 @@ class TrainingContext:
         self.plans = Plans.load(self.preprocessed_dir / f"{job.plans_name}.json")
         self.config: ConfigurationPlan = self.plans.configuration(job.configuration)
         self.info = DatasetInfo.load(self.preprocessed_dir / "dataset.json")
+        if self.plans.labels != self.info.labels:
+            raise PlansError(
+                f"{self.preprocessed_dir / f'{job.plans_name}.json'}: labels {self.plans.labels} differ from "
+                f"dataset.json's {self.info.labels}; re-run vs_plan_and_preprocess"
+            )
         self.data_dir = self.preprocessed_dir / self.config.data_identifier
         self.case_ids = list_cases(self.data_dir)
         if not self.case_ids:
