@@ -670,3 +670,47 @@ def test_refused_pretrained_checkpoint_leaves_no_model_folder(model, tmp_path):
                        "--epochs", "1"), env)
     assert_one_line_error(proc, "tensors.pt", "network_weights")
     assert snapshot(base / "results", base / "preprocessed") == before
+
+
+# ---------------------------------------------------------------- disks that fill up, targets that refuse
+
+
+def _blocked(base: Path) -> Path:
+    """A target no one can create (below a regular file): read-only even for root."""
+    (base / "a_file").write_text("x")
+    return base / "a_file" / "target"
+
+
+def _no_temporaries(base: Path) -> bool:
+    return not [p for p in base.rglob("*") if TEMP_MARKER in p.name]
+
+
+def test_full_disk_and_unwritable_targets_fail_in_one_line(tmp_path):
+    jobs = {}
+    plan_base = tmp_path / "plan"
+    env_plan = roots_env(plan_base)
+    make_raw_dataset(plan_base / "raw", 601, num_cases=3)
+    jobs["plan, disk full"] = lambda: run(command("plan_and_preprocess", "-d", "601", "-pl", "cpu", "-np", "1",
+                                                  file_size_limit=20_000), env_plan)
+    synth_base = tmp_path / "synth"
+    env_synth = roots_env(synth_base)
+    env_synth["VS_RAW"] = str(_blocked(synth_base))
+    jobs["generate into a blocked folder"] = lambda: run(command("generate_synthetic", "-d", "602", "--cases", "2",
+                                                                 "--size", "32"), env_synth)
+    eval_base = tmp_path / "eval"
+    env_eval = roots_env(eval_base)
+    for folder in ("ref", "pred"):
+        _, label = _volume(0)
+        (eval_base / folder).mkdir(parents=True)
+        write_image(label, GEOMETRY, eval_base / folder / "c0.nii.gz")
+    jobs["evaluate into a blocked folder"] = lambda: run(command(
+        "evaluate", "-ref", str(eval_base / "ref"), "-pred", str(eval_base / "pred"), "-o", str(_blocked(eval_base))), env_eval)
+    results = run_all(jobs)
+    plan = results["plan, disk full"]  # progress lines come first here; the error is the last line, alone
+    assert plan.returncode == 2 and "Traceback" not in plan.stderr, plan.stderr
+    last = plan.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "c0.npy" in last and "free disk space" in last, last
+    assert_one_line_error(results["generate into a blocked folder"], "a_file")
+    assert_one_line_error(results["evaluate into a blocked folder"], "a_file")
+    for base in (plan_base, synth_base, eval_base):
+        assert _no_temporaries(base)

@@ -43,3 +43,23 @@ def test_truncated_checkpoint_falls_back(tmp_path):
         load_checkpoint(tmp_path / "new.pt")
     path, state = load_first_valid([tmp_path / "new.pt", tmp_path / "old.pt"])
     assert path.name == "old.pt" and state["epoch"] == 1
+
+
+def test_failed_checkpoint_write_is_one_line_and_keeps_the_previous(tmp_path, monkeypatch):
+    import torch as torch_module
+
+    from vessel_seg.checkpoint import save_checkpoint
+    from vessel_seg.errors import CheckpointError
+
+    path = tmp_path / "checkpoint_latest.pt"
+    save_checkpoint({"epoch": 1}, path)
+    before = path.read_bytes()
+
+    def full_disk(obj, handle):
+        handle.write(b"PK partial")
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(torch_module, "save", full_disk)
+    with pytest.raises(CheckpointError, match="cannot write the checkpoint .*file write failed.*--continue"):
+        save_checkpoint({"epoch": 2}, path)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [path.name]

@@ -129,3 +129,16 @@ def test_temporary_names_of_long_files_fit_the_filesystem(tmp_path):
         write_bytes_atomic(target, b"data")
         assert target.read_bytes() == b"data" and len(target.name) <= NAME_MAX
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted("n" * n + ".npy" for n in (200, 240, 248))
+
+
+def test_prediction_checks_free_space_before_creating_anything(tmp_path, monkeypatch):
+    import shutil
+
+    from vessel_seg.errors import OutputWriteError
+
+    _image(tmp_path / "in" / "a_0000.nii.gz", 0)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _p: usage._replace(free=100))  # a nearly full disk
+    with pytest.raises(OutputWriteError, match=r"prediction needs about .* GiB but only 0.00 GiB are free"):
+        predict_cases([threshold_model()], tmp_path / "in", tmp_path / "out", PredictionOptions(use_tta=False))
+    assert not (tmp_path / "out").exists()

@@ -24,6 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from vessel_seg.errors import OutputWriteError
+
 log = logging.getLogger(__name__)
 
 TEMP_MARKER = ".vstmp-"
@@ -61,17 +63,28 @@ def _temporary_affixes(name: str) -> tuple[str, str]:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path``, on error it is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    prefix, suffix = _temporary_affixes(path.name)
-    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
-    os.fchmod(fd, default_file_mode())
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        prefix, suffix = _temporary_affixes(path.name)
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
+        os.fchmod(fd, default_file_mode())
+        os.close(fd)
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
     try:
         yield Path(tmp)
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk, a quota, a size limit: one line, and no partial file
+        Path(tmp).unlink(missing_ok=True)
+        raise _write_error(path, exc) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _write_error(path: Path, exc: OSError) -> OutputWriteError:
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return OutputWriteError(f"{path}: cannot write ({reason}); free disk space or choose a writable location")
 
 
 @contextmanager
@@ -143,3 +156,26 @@ def remove_stale_temporaries(folder: str | Path, older_than_s: float = STALE_AFT
     if removed:
         log.info("%s: removed %d temporary file(s) left by an interrupted run", folder, len(removed))
     return removed
+
+
+SPACE_MARGIN = 1.1  # the estimate plus 10 %
+
+
+def check_free_space(folder: str | Path, needed_bytes: float, what: str) -> None:
+    """Raise :class:`OutputWriteError` when the filesystem of ``folder`` has less than ``needed_bytes`` free.
+
+    ``folder`` need not exist yet (its nearest existing ancestor is asked). Called before long
+    writing runs (preprocessing, prediction) so that they fail at once, not after an hour.
+    """
+    probe = Path(folder)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:  # an exotic filesystem that cannot tell: let the writes find out
+        return
+    if free < needed_bytes * SPACE_MARGIN:
+        raise OutputWriteError(
+            f"{folder}: {what} needs about {needed_bytes / 2**30:.2f} GiB but only {free / 2**30:.2f} GiB are free; "
+            "free disk space or choose another location"
+        )

@@ -32,3 +32,7 @@ class CheckpointError(VesselSegError):
 
 class TrainingError(VesselSegError):
     """Training cannot go on (e.g. the loss became NaN); earlier checkpoints are kept."""
+
+
+class OutputWriteError(VesselSegError):
+    """A file could not be written (disk full, quota, permissions, file size limit); nothing partial is left."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -45,6 +46,35 @@ def run_cli(
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        message = environment_failure(exc)
+        if message is None or args.verbose:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+
+
+# Failures of the machine, not of the code: a full disk, a quota, a read-only or forbidden target.
+ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large for this filesystem or limit", errno.EROFS: "the filesystem is read-only",
+    errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+    errno.ENAMETOOLONG: "file name too long", errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "a folder is in the way of a file",
+}
+
+
+def environment_failure(exc: OSError) -> str | None:
+    """One line for an ``OSError`` caused by the machine (disk, permissions), naming the path; else None.
+
+    Every writer is atomic (temporary, then rename), so such a failure leaves no partial output; the
+    line says what to fix. Other ``OSError`` s keep their traceback: they may be bugs.
+    """
+    reason = ENVIRONMENT_ERRNOS.get(exc.errno or -1)
+    if reason is None:
+        return None
+    where = exc.filename if exc.filename is not None else "an output file"
+    return f"{where}: {reason}; free space or choose a writable location, then run again"

@@ -27,12 +27,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from vessel_seg.atomic import remove_stale_temporaries
+from vessel_seg.atomic import check_free_space, remove_stale_temporaries
 from vessel_seg.errors import DatasetError, ImageReadError, ImageWriteError, VesselSegError
 from vessel_seg.imageio import (
     ImageGeometry,
     image_extension,
     read_dicom_series,
+    read_geometry,
     read_image,
     strip_extension,
     write_image,
@@ -175,6 +176,13 @@ def check_inputs(models: Sequence[TrainedModel], cases: Sequence[InputCase]) -> 
         if not case.dicom:
             geometry = check_case_headers(case.files, model_dims)
             check_resampling(case.files[0], geometry, models)
+
+
+def _largest_case_output_bytes(cases: Sequence[InputCase], num_classes: int, options: PredictionOptions) -> float:
+    """Upper bound of what one case writes (uint8 mask, float16 probabilities), uncompressed; cases go one at a time."""
+    per_voxel = 1 + (2 * num_classes if options.save_probabilities else 0)
+    sizes = [float(np.prod(read_geometry(c.files[0]).shape)) for c in cases if not c.dicom]
+    return max(sizes, default=0.0) * per_voxel
 
 
 def check_resampling(path: Path, geometry: ImageGeometry, models: Sequence[TrainedModel]) -> None:
@@ -408,6 +416,7 @@ def predict_cases(
     if len(todo) < len(cases):
         log.info("%d of %d case(s) already predicted in %s, skipped (use --overwrite to redo)", len(cases) - len(todo), len(cases), output_dir)
     check_inputs(models, todo)
+    check_free_space(output_dir, _largest_case_output_bytes(todo, len(models[0].label_values), options), "prediction")
     output_dir = ensure_writable(output_dir)  # created only once every check has passed
     remove_stale_temporaries(output_dir)
     overlap = options.overlap_io if options.overlap_io is not None else any(m.device.type != "cpu" for m in models)

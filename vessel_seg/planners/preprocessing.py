@@ -24,11 +24,11 @@ import numpy as np
 from tqdm import tqdm
 
 from vessel_seg import case_store
-from vessel_seg.atomic import remove_stale_temporaries
+from vessel_seg.atomic import check_free_space, remove_stale_temporaries
 from vessel_seg.case_store import CaseProperties
 from vessel_seg.dataset import Case, training_cases
 from vessel_seg.errors import DatasetError, PlansError
-from vessel_seg.imageio import ImageGeometry, read_image, read_label
+from vessel_seg.imageio import ImageGeometry, read_geometry, read_image, read_label
 from vessel_seg.planners.cropping import crop_to_bbox, nonzero_bbox, paste_into
 from vessel_seg.planners.normalization import normalize
 from vessel_seg.planners.plans import ConfigurationPlan, Plans
@@ -239,6 +239,17 @@ class _Job:
     out_dir: Path
 
 
+def _stored_bytes(job: _Job) -> float:
+    """Bytes one case takes preprocessed (float32 channels + uint8 label at the target spacing), from its header."""
+    geometry = read_geometry(job.case.images[0])
+    spacing = list(geometry.spacing)
+    target = list(job.config.spacing)
+    if len(target) < len(spacing):  # 2d: the slice axis keeps its spacing
+        target = spacing[: len(spacing) - len(target)] + target
+    voxels = float(np.prod(compute_new_shape(geometry.shape, spacing, target)))
+    return voxels * (4 * len(job.case.images) + 1) + 4096
+
+
 def _run_job(job: _Job) -> str:
     """Read, check, preprocess and store one case (runs in a worker process)."""
     case = job.case
@@ -323,6 +334,7 @@ def preprocess_dataset(
         jobs.extend(_Job(case, plans, config, out_dir) for case in todo)
     if not jobs:
         return folders
+    check_free_space(preprocessed_dataset_dir, sum(_stored_bytes(job) for job in jobs), "preprocessing")
     with tqdm(total=len(jobs), desc="preprocessing", unit="case", disable=None) as bar:
         if num_workers <= 1:
             for job in jobs:
