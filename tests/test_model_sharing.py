@@ -8,6 +8,8 @@ import zipfile
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from vessel_seg.cli.model_sharing import export_main, import_main
 from vessel_seg.cli.predict import main as predict_main
@@ -186,3 +188,37 @@ def test_corrupt_entries_are_refused(data_roots, tmp_path, capsys, damage):
     err = _import_error(capsys, archive)
     assert "checkpoint_final.pt" in err and ("damaged" in err or "declared" in err or "refused" in err)
     assert list(data_roots["results"].iterdir()) == []
+
+
+def _small_archive(tmp_path) -> bytes:
+    path = tmp_path / "seed.zip"
+    payload = _valid_checkpoint(tmp_path / "seed.pt")
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(f"{MODEL}/plans.json", '{"plans_name": "cpu"}')
+        zf.writestr(f"{MODEL}/fold_0/checkpoint_final.pt", payload)
+    return path.read_bytes()
+
+
+@settings(max_examples=int(__import__("os").environ.get("VS_FUZZ_EXAMPLES", "40")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(edits=st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 255)), min_size=1, max_size=4),
+       from_end=st.booleans(), cut=st.one_of(st.none(), st.integers(1, 400)))
+def test_mutated_archives_import_or_fail_in_one_line(tmp_path_factory, monkeypatch, edits, from_end, cut):
+    """Bytes changed anywhere (local headers, data, central directory) or cut: import works or one line, no trace."""
+    from vessel_seg.errors import VesselSegError
+    from vessel_seg.inference.model_sharing import import_model
+
+    base = tmp_path_factory.mktemp("zipfuzz")
+    monkeypatch.setenv("VS_RESULTS", str(base / "results"))
+    blob = bytearray(_small_archive(base))
+    for position, value in edits:  # from_end: aim at the central directory and end record
+        index = len(blob) - 1 - position % len(blob) if from_end else position % len(blob)
+        blob[index] = value
+    archive = base / "fuzz.zip"
+    archive.write_bytes(bytes(blob[: len(blob) - cut] if cut else blob))
+    try:
+        import_model(archive)
+    except VesselSegError as exc:
+        assert "\n" not in str(exc)
+        leftovers = [p for p in (base / "results").rglob("*")] if (base / "results").exists() else []
+        assert not [p for p in leftovers if p.is_file()]

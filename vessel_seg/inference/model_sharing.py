@@ -206,8 +206,8 @@ def import_model(zip_path: str | Path, overwrite: bool = False) -> list[Path]:
         raise VesselSegError(f"{zip_path}: model archive not found")
     try:
         archive = zipfile.ZipFile(zip_path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise VesselSegError(f"{zip_path}: not a valid zip archive ({exc})") from exc
+    except (zipfile.BadZipFile, OSError, NotImplementedError, ValueError, RuntimeError, EOFError) as exc:
+        raise VesselSegError(f"{zip_path}: not a valid zip archive ({exc}); export it again with vs_export_model") from exc
     with archive:
         infos = archive.infolist()
         if len(infos) > MAX_ENTRIES:
