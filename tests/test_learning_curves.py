@@ -66,3 +66,19 @@ def test_resenc_configuration_swaps_the_network_and_keeps_the_sizes():
 def test_unknown_arm_is_one_line_error(curves, capsys, tmp_path):
     assert curves.main(["--arms", "ours,bogus", "--work", str(tmp_path)]) == 2
     assert "bogus" in capsys.readouterr().err
+
+
+def test_extra_train_flags_reach_the_ours_arm_and_memory_is_sampled_rarely(curves, monkeypatch, tmp_path):
+    seen = {}
+
+    def fake_measure(ctx, name, tool, section, command, env, interval_s=0.05):
+        seen.update(command=command, interval_s=interval_s)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(curves, "measure", fake_measure)
+    ctx = curves.BenchmarkContext(work=tmp_path, dataset_id=520, num_processes=2, ours_command=["x"],
+                                  nnunet_command=None, nnunet_python=None)
+    budget = curves.Budget(2, 5, 1, 1, ("--optimizer", "sgd"))
+    with pytest.raises(RuntimeError, match="stop here"):
+        curves.train_arm(ctx, "ours", budget)
+    assert seen["command"][-2:] == ["--optimizer", "sgd"] and seen["interval_s"] >= 1.0
