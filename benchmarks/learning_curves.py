@@ -137,8 +137,8 @@ def evaluate_snapshot(ctx: BenchmarkContext, arm: str, epoch: int | None, tta: b
         checkpoint = "final" if epoch is None else f"epoch{epoch:04d}"
         command = [sys.executable, "-m", "vessel_seg.cli.predict", "-i", str(raw / "imagesTs"), "-o", str(output),
                    "-d", str(ctx.dataset_id), "-c", "3d_fullres", "-pl", OURS_PLANS, "-f", "all",
-                   "--checkpoint", checkpoint, "--device", "cpu", *flags]
-        env = ctx.ours_env()
+                   "--checkpoint", checkpoint, "--device", "cpu", "--no-postprocessing", *flags]
+        env = ctx.ours_env()  # the network alone, as nnU-Net's prediction (its postprocessing is a separate step)
     else:
         checkpoint = "checkpoint_final.pth" if epoch is None else f"checkpoint_epoch{epoch:04d}.pth"
         command = [ctx.nnunet_python, str(HERE / "nnunet_driver.py"), "predict", "-d", str(ctx.dataset_id),

@@ -478,6 +478,21 @@ def _fifty_mm(folder: Path) -> tuple[Path, tuple[str, ...]]:
     return folder, ("big_0000.nii.gz", "would resample", "GiB", "header")
 
 
+def _two_frames(folder: Path) -> tuple[Path, tuple[str, ...]]:
+    """Channel 0 as NIfTI whose sform is 10 mm away from its qform (tools would disagree on its place)."""
+    import nibabel as nib
+
+    first, _ = _write_case(folder, "q")
+    image = nib.load(str(first))
+    original = image.affine.copy()
+    shifted = original.copy()
+    shifted[0, 3] += 10.0
+    image.set_qform(original, code=1)
+    image.set_sform(shifted, code=1)
+    nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), None, image.header), str(first))
+    return folder, ("q_0000.nii.gz", "qform and sform disagree")
+
+
 def _input_folder(out: Path) -> Path:
     return out.parent / "in"
 
@@ -531,6 +546,7 @@ PREDICT_CASES = {
     "colliding case names, -o the input folder": PredictCase(_colliding_cases, extra=("--overwrite",), output=_input_folder),
     "two files for one channel": PredictCase(_two_files_one_channel),
     "50 mm header spacing": PredictCase(_fifty_mm),
+    "NIfTI qform and sform disagree": PredictCase(_two_frames),
     "--device cuda without a GPU creates no -o": PredictCase(_ok, ("cuda",), ("--device", "cuda"), output=_new_folder),
     "disk full writing probabilities": PredictCase(
         _ok, ("ok.npz", "cannot write"), ("--save-probabilities",), file_size_limit=8192

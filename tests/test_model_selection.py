@@ -115,7 +115,7 @@ def test_find_best_configuration_picks_model_and_debris_removal(data_roots):
     assert any("2d" in note and "fold_1" in note for note in recipe.notes)
     assert any("ensembles not evaluated" in note for note in recipe.notes)
     assert load_recipe(NAME) == recipe
-    summary = (data_roots["results"] / NAME / "inference_recipe.md").read_text()
+    summary = (data_roots["results"] / NAME / "inference_recipe.md").read_text(encoding="utf-8")
     assert "3d_fullres" in summary and "remove components" in summary
 
 
@@ -172,7 +172,7 @@ def test_ensemble_of_configurations_wins_when_better(data_roots):
     assert recipe.postprocessing.is_identity  # nothing improves a perfect prediction, bridging included
     assert any("bridge gaps" in key for key in recipe.cv_scores["postprocessing"])
     assert not any("gap bridging not evaluated" in n for n in recipe.notes)
-    assert "3d_fullres + 3d_lowres" in (data_roots["results"] / NAME / "inference_recipe.md").read_text()
+    assert "3d_fullres + 3d_lowres" in (data_roots["results"] / NAME / "inference_recipe.md").read_text(encoding="utf-8")
 
 
 def _broken_vessel(label: np.ndarray) -> np.ndarray:

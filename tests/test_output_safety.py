@@ -142,3 +142,25 @@ def test_prediction_checks_free_space_before_creating_anything(tmp_path, monkeyp
     with pytest.raises(OutputWriteError, match=r"prediction needs about .* GiB but only 0.00 GiB are free"):
         predict_cases([threshold_model()], tmp_path / "in", tmp_path / "out", PredictionOptions(use_tta=False))
     assert not (tmp_path / "out").exists()
+
+
+def test_vs_predict_removes_far_debris_by_default_and_logs_components(tmp_path, caplog):
+    import logging
+
+    from vessel_seg.imageio import read_label
+
+    shape = (16, 32, 32)
+    image = np.zeros(shape, np.float32)
+    image[:, 4:20, 4:24] = 120.0  # the "tree": class 1 under the threshold model
+    image[8:10, 28:30, 28:30] = 1000.0  # a bright 2x2x2 speck: ~1% of the tree after the model's smoothing, ~9 mm away
+    (tmp_path / "in").mkdir()
+    write_image(image, ImageGeometry(shape, (1.0, 1.0, 1.0)), tmp_path / "in" / "s_0000.nii.gz")
+    with caplog.at_level(logging.INFO):
+        predict_cases([threshold_model()], tmp_path / "in", tmp_path / "out", PredictionOptions(use_tta=False))
+    raw = PredictionOptions(use_tta=False, postprocess=False)
+    predict_cases([threshold_model()], tmp_path / "in", tmp_path / "raw", raw)
+    cleaned, _ = read_label(tmp_path / "out" / "s.nii.gz")
+    as_predicted, _ = read_label(tmp_path / "raw" / "s.nii.gz")
+    assert as_predicted[8, 28, 28] > 0 and cleaned[8, 28, 28] == 0
+    assert np.array_equal(cleaned[:, :22, :26], as_predicted[:, :22, :26])  # the tree untouched
+    assert "s: 2 -> 1 component(s) (default" in caplog.text

@@ -97,3 +97,22 @@ def test_apply_postprocessing_order_and_missing_probabilities():
     np.testing.assert_array_equal(largest, _tube(x_range=(2, 18)))
     np.testing.assert_array_equal(apply_postprocessing(seg, PostprocessingRecipe(), (1.0, 1.0, 1.0), [1]), seg)
     assert PostprocessingRecipe().is_identity and recipe.describe().startswith("bridge gaps <= 5 mm")
+
+
+def test_default_debris_removal_takes_small_far_pieces_only():
+    from vessel_seg.inference.postprocessing import count_components, remove_detached_debris
+
+    seg = np.zeros((40, 40, 40), np.uint8)
+    seg[20, 20, 2:38] = 1  # the tree: a 36-voxel vessel
+    seg[20, 22:24, 10] = 1  # a broken branch 2 voxels (2 mm) beside it: kept
+    seg[5, 5, 5] = 1  # a speck 20 mm away: removed
+    seg[35, 2:30, 35] = 2  # a large far component (another vessel): kept, whatever its label
+    out, report = remove_detached_debris(seg, (1.0, 1.0, 1.0), max_share=0.05, min_distance_mm=3.0)
+    assert out[5, 5, 5] == 0 and out[20, 23, 10] == 1 and out[35, 10, 35] == 2
+    assert (report.components_before, report.components_after, report.voxels_removed) == (4, 3, 1)
+    assert count_components(out) == 3 and seg[5, 5, 5] == 1  # the input is not modified
+    # physical distances: at 0.5 mm voxels the same speck is 10 mm away, the branch 1 mm
+    out, _ = remove_detached_debris(seg, (0.5, 0.5, 0.5), max_share=0.05, min_distance_mm=3.0)
+    assert out[5, 5, 5] == 0 and out[20, 23, 10] == 1
+    single = np.zeros((8, 8, 8), np.uint8)
+    assert remove_detached_debris(single, (1.0, 1.0, 1.0))[1].components_before == 0

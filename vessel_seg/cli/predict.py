@@ -37,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-np", type=int, default=None, dest="num_threads",
                         help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--overwrite", action="store_true", help="predict cases whose mask already exists again")
+    parser.add_argument(
+        "--no-postprocessing", action="store_true",
+        help="write the network's mask as it is (default: the recipe's postprocessing, else removal of small debris "
+        "far from the vessel tree)",
+    )
     parser.add_argument("--save-probabilities", action="store_true",
                         help="also write CASE.npz: float16 class probabilities in the input geometry (for vs_ensemble)")
     parser.add_argument("--mesh", action="store_true", help="also write a surface mesh CASE.vtp")
@@ -76,6 +81,7 @@ def _command(args: argparse.Namespace) -> int:
     options = PredictionOptions(
         use_tta=not args.disable_tta, overwrite=args.overwrite, save_probabilities=args.save_probabilities,
         mesh=args.mesh, centerline=args.centerline, preview=args.preview, recipe=choice.recipe, step_size=step_size,
+        postprocess=not args.no_postprocessing,
     )
     seconds = predict_cases(models, args.input, args.output, options)
     names = ", ".join(f"{m.name} (folds {' '.join(m.folds)})" for m in models)

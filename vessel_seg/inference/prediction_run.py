@@ -91,6 +91,9 @@ class PredictionOptions:
     recipe: Any = None
     step_size: float = 0.5
     overlap_io: bool | None = None
+    # The recipe's postprocessing, or without one the default debris removal
+    # (postprocessing.remove_detached_debris); False: the network's mask as it is.
+    postprocess: bool = True
 
 
 def check_step_size(value: object) -> float:
@@ -310,15 +313,26 @@ def _write_extras(
         save_mip_preview(preview_image, seg, geometry, paths["preview"], title=case.case_id)
 
 
-def _postprocess(seg: np.ndarray, probs: np.ndarray | None, geometry: ImageGeometry, labels: list[int], recipe: Any) -> np.ndarray:
-    if recipe is None or getattr(recipe, "postprocessing", None) is None:
+def _postprocess(
+    case_id: str, seg: np.ndarray, probs: np.ndarray | None, geometry: ImageGeometry, labels: list[int],
+    options: PredictionOptions,
+) -> np.ndarray:
+    """The recipe's postprocessing when there is one, else the default debris removal; logs the components."""
+    from vessel_seg.inference.postprocessing import apply_postprocessing, count_components, remove_detached_debris
+
+    if not options.postprocess:
         return seg
-    try:
-        from vessel_seg.inference.postprocessing import apply_postprocessing
-    except ImportError as exc:
-        raise VesselSegError(f"the inference recipe asks for postprocessing, which this installation lacks ({exc})") from exc
-    foreground = None if probs is None else 1.0 - probs[0].astype(np.float32)
-    return apply_postprocessing(seg, recipe.postprocessing, geometry.spacing, labels, probabilities_fg=foreground)
+    recipe = getattr(options.recipe, "postprocessing", None)
+    if recipe is not None and not recipe.is_identity:
+        before = count_components(seg)
+        foreground = None if probs is None else 1.0 - probs[0].astype(np.float32)
+        out = apply_postprocessing(seg, recipe, geometry.spacing, labels, probabilities_fg=foreground)
+        log.info("%s: %d -> %d component(s) (recipe: %s)", case_id, before, count_components(out), recipe.describe())
+        return out
+    out, report = remove_detached_debris(seg, geometry.spacing)
+    log.info("%s: %d -> %d component(s) (default: removed %d voxel(s) of small debris far from the tree)",
+             case_id, report.components_before, report.components_after, report.voxels_removed)
+    return out
 
 
 @dataclass
@@ -364,7 +378,7 @@ def _predict_loaded(models: Sequence[TrainedModel], case: InputCase, loaded: _Lo
 def _write_case(labels: list[int], case: InputCase, predicted: _PredictedCase, output_dir: Path, options: PredictionOptions) -> None:
     """Postprocess and write one case's outputs (extras first, the mask last)."""
     geometry, probs = predicted.geometry, predicted.probs
-    seg = _postprocess(predicted.seg, probs, geometry, labels, options.recipe)
+    seg = _postprocess(case.case_id, predicted.seg, probs, geometry, labels, options)
     paths = case_output_paths(case, output_dir, options)
     if options.save_probabilities:
         save_probabilities(paths["probabilities"], probs, labels, geometry, case.file_ending)
