@@ -84,8 +84,12 @@ def _command(args: argparse.Namespace) -> int:
         raise VesselSegError("--num-workers must be 0 or more")
     if args.num_workers is None:
         env_override()  # a bad VS_N_PROC_DA / nnUNet_n_proc_DA fails here, before any work
-    if args.pretrained is not None and not args.pretrained.is_file():
-        raise VesselSegError(f"{args.pretrained}: pretrained checkpoint not found")
+    if args.pretrained is not None:
+        if not args.pretrained.is_file():
+            raise VesselSegError(f"{args.pretrained}: pretrained checkpoint not found")
+        from vessel_seg.trainers.checkpointer import pretrained_weights
+
+        pretrained_weights(args.pretrained)  # a wrong file fails here, before any work or log line
     job = TrainingJob(
         args.dataset, args.configuration, parse_fold(args.fold), args.plans, settings,
         resume=args.resume, pretrained=args.pretrained,

@@ -314,25 +314,22 @@ def _write_extras(
 
 
 def _postprocess(
-    case_id: str, seg: np.ndarray, probs: np.ndarray | None, geometry: ImageGeometry, labels: list[int],
-    options: PredictionOptions,
-) -> np.ndarray:
-    """The recipe's postprocessing when there is one, else the default debris removal; logs the components."""
+    seg: np.ndarray, probs: np.ndarray | None, geometry: ImageGeometry, labels: list[int], options: PredictionOptions,
+) -> tuple[np.ndarray, str]:
+    """The recipe's postprocessing when there is one, else the default debris removal; and a line for the log."""
     from vessel_seg.inference.postprocessing import apply_postprocessing, count_components, remove_detached_debris
 
     if not options.postprocess:
-        return seg
+        return seg, "no postprocessing"
     recipe = getattr(options.recipe, "postprocessing", None)
     if recipe is not None and not recipe.is_identity:
         before = count_components(seg)
         foreground = None if probs is None else 1.0 - probs[0].astype(np.float32)
         out = apply_postprocessing(seg, recipe, geometry.spacing, labels, probabilities_fg=foreground)
-        log.info("%s: %d -> %d component(s) (recipe: %s)", case_id, before, count_components(out), recipe.describe())
-        return out
+        return out, f"{before} -> {count_components(out)} component(s) (recipe: {recipe.describe()})"
     out, report = remove_detached_debris(seg, geometry.spacing)
-    log.info("%s: %d -> %d component(s) (default: removed %d voxel(s) of small debris far from the tree)",
-             case_id, report.components_before, report.components_after, report.voxels_removed)
-    return out
+    return out, (f"{report.components_before} -> {report.components_after} component(s) (default: removed "
+                 f"{report.voxels_removed} voxel(s) of small debris far from the tree)")
 
 
 @dataclass
@@ -378,13 +375,14 @@ def _predict_loaded(models: Sequence[TrainedModel], case: InputCase, loaded: _Lo
 def _write_case(labels: list[int], case: InputCase, predicted: _PredictedCase, output_dir: Path, options: PredictionOptions) -> None:
     """Postprocess and write one case's outputs (extras first, the mask last)."""
     geometry, probs = predicted.geometry, predicted.probs
-    seg = _postprocess(case.case_id, predicted.seg, probs, geometry, labels, options)
+    seg, postprocessed = _postprocess(predicted.seg, probs, geometry, labels, options)
     paths = case_output_paths(case, output_dir, options)
     if options.save_probabilities:
         save_probabilities(paths["probabilities"], probs, labels, geometry, case.file_ending)
     predicted.probs = probs = None
     _write_extras(case, predicted.preview_image, seg, geometry, paths, options)
     write_image(seg, geometry, paths["mask"])
+    log.info("%s: %s", case.case_id, postprocessed)  # after the write: a failed write stays a one-line error
 
 
 def predict_case(

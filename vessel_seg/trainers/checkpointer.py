@@ -12,7 +12,7 @@ from typing import Any
 from torch import nn
 
 from vessel_seg.atomic import write_atomic
-from vessel_seg.checkpoint import load_first_valid, save_checkpoint
+from vessel_seg.checkpoint import load_checkpoint, load_first_valid, save_checkpoint
 from vessel_seg.errors import CheckpointError
 from vessel_seg.model_folder import checkpoint_path
 
@@ -82,16 +82,25 @@ def settings_metadata(settings) -> dict[str, Any]:
     return {k: v for k, v in asdict(settings).items() if isinstance(v, (int, float, str, bool, type(None)))}
 
 
+def pretrained_weights(path: Path) -> dict:
+    """The ``network_weights`` of a checkpoint given to ``--pretrained`` (one-line :class:`CheckpointError` otherwise).
+
+    ``vs_train`` calls it before anything starts, so a wrong file fails before the first log line.
+    """
+    state = load_checkpoint(Path(path))
+    weights = state.get("network_weights")
+    if not isinstance(weights, dict) or not weights:
+        raise CheckpointError(f"{path}: holds no network_weights; is it a vessel_seg checkpoint?")
+    return weights
+
+
 def load_pretrained_weights(network: nn.Module, path: Path) -> int:
     """Copy matching weights from another model's checkpoint; returns how many tensors were copied.
 
     Tensors whose name or shape differs (e.g. segmentation heads of a model with other labels) keep
     their initialisation, as when fine-tuning nnU-Net models on new labels.
     """
-    _, state = load_first_valid([Path(path)])
-    weights = state.get("network_weights")
-    if not isinstance(weights, dict):
-        raise CheckpointError(f"{path}: holds no network_weights; is it a vessel_seg checkpoint?")
+    weights = pretrained_weights(path)
     own = unwrap(network).state_dict()
     matched = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
     if not matched:
