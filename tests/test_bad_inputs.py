@@ -721,12 +721,31 @@ def test_full_disk_and_unwritable_targets_fail_in_one_line(tmp_path):
         write_image(label, GEOMETRY, eval_base / folder / "c0.nii.gz")
     jobs["evaluate into a blocked folder"] = lambda: run(command(
         "evaluate", "-ref", str(eval_base / "ref"), "-pred", str(eval_base / "pred"), "-o", str(_blocked(eval_base))), env_eval)
+    blocked_plan = tmp_path / "plan_blocked"
+    env_blocked = roots_env(blocked_plan)
+    make_raw_dataset(blocked_plan / "raw", 601, num_cases=2)
+    env_blocked["VS_PREPROCESSED"] = str(_blocked(blocked_plan))
+    jobs["plan into a blocked folder"] = lambda: run(command("plan_and_preprocess", "-d", "601", "-pl", "cpu", "-np", "1"),
+                                                     env_blocked)
+    export_base = tmp_path / "export"
+    env_export = roots_env(export_base)
+    trained = export_base / "results" / "Dataset603_E" / "vsTrainer__cpu__3d_fullres"
+    (trained / "fold_0").mkdir(parents=True)
+    (trained / "plans.json").write_text("{}")
+    import torch
+
+    torch.save({"network_weights": {"w": torch.zeros(1)}, "metadata": {}}, trained / "fold_0" / "checkpoint_final.pt")
+    export = [sys.executable, "-c", "import sys; from vessel_seg.cli.model_sharing import export_main; "
+              "sys.exit(export_main(sys.argv[1:]))", "603", "-o", str(_blocked(export_base) / "m.zip")]
+    jobs["export into a blocked folder"] = lambda: run(export, env_export)
     results = run_all(jobs)
+    assert_one_line_error(results["plan into a blocked folder"], "a_file")
+    assert_one_line_error(results["export into a blocked folder"], "a_file")
     plan = results["plan, disk full"]  # progress lines come first here; the error is the last line, alone
     assert plan.returncode == 2 and "Traceback" not in plan.stderr, plan.stderr
     last = plan.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "c0.npy" in last and "free disk space" in last, last
     assert_one_line_error(results["generate into a blocked folder"], "a_file")
     assert_one_line_error(results["evaluate into a blocked folder"], "a_file")
-    for base in (plan_base, synth_base, eval_base):
+    for base in (plan_base, synth_base, eval_base, blocked_plan, export_base):
         assert _no_temporaries(base)

@@ -179,3 +179,18 @@ def check_free_space(folder: str | Path, needed_bytes: float, what: str) -> None
             f"{folder}: {what} needs about {needed_bytes / 2**30:.2f} GiB but only {free / 2**30:.2f} GiB are free; "
             "free disk space or choose another location"
         )
+
+
+def check_writable_location(folder: str | Path, fix: str = "choose another location") -> Path:
+    """Raise :class:`OutputWriteError` unless ``folder`` could be created (or exists) and be written; creates nothing.
+
+    Lets a command refuse a bad output location before any work, without leaving an empty folder
+    behind when a later check fails.
+    """
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputWriteError(f"{folder}: output folder is not writable ({probe} is not a writable folder); {fix}")
+    return folder

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from vessel_seg.atomic import check_free_space, remove_stale_temporaries
+from vessel_seg.atomic import check_free_space, check_writable_location, remove_stale_temporaries
 from vessel_seg.errors import DatasetError, ImageReadError, ImageWriteError, VesselSegError
 from vessel_seg.imageio import (
     ImageGeometry,
@@ -200,21 +200,11 @@ def check_resampling(path: Path, geometry: ImageGeometry, models: Sequence[Train
 
 
 def check_output_location(folder: str | Path) -> Path:
-    """Raise :class:`ImageWriteError` unless ``folder`` could be created and written; creates nothing.
-
-    An existing ``folder`` must be a writable folder; otherwise its nearest existing ancestor must
-    be. Lets the CLI refuse a bad ``-o`` before any work without leaving an empty folder behind
-    when a later check fails.
-    """
+    """Raise an error unless ``folder`` could be created and written; creates nothing (the CLI's early ``-o`` check)."""
     folder = Path(folder)
     if folder.exists():
         return ensure_writable(folder)
-    ancestor = folder.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ImageWriteError(f"{folder}: output folder is not writable (it cannot be created in {ancestor}); choose another -o")
-    return folder
+    return check_writable_location(folder, "choose another -o")
 
 
 def ensure_writable(folder: str | Path) -> Path:

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vessel_seg.atomic import check_writable_location
 from vessel_seg.dataset import DatasetInfo
 from vessel_seg.errors import DatasetError
 from vessel_seg.paths import preprocessed_root, raw_root, resolve_dataset
@@ -64,7 +65,7 @@ def plan_and_preprocess(
     """
     name = resolve_dataset(dataset, [raw_root()])
     raw_dir = raw_root() / name
-    out_dir = preprocessed_root() / name
+    out_dir = check_writable_location(preprocessed_root() / name)  # before the fingerprint's minutes of work
     seconds: dict[str, float] = {}
     if verify:
         start = time.perf_counter()
