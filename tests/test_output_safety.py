@@ -164,3 +164,31 @@ def test_vs_predict_removes_far_debris_by_default_and_logs_components(tmp_path, 
     assert as_predicted[8, 28, 28] > 0 and cleaned[8, 28, 28] == 0
     assert np.array_equal(cleaned[:, :22, :26], as_predicted[:, :22, :26])  # the tree untouched
     assert "s: 2 -> 1 component(s) (default" in caplog.text
+
+
+def test_recipe_gap_bridging_runs_on_the_streamed_prediction(tmp_path, caplog):
+    """No --save-probabilities: the bridge comes from the uint8 foreground map kept beside the streamed labels."""
+    import logging
+    import types
+
+    from vessel_seg.imageio import read_label
+    from vessel_seg.inference.postprocessing import PostprocessingRecipe, count_components
+
+    shape = (16, 16, 40)
+    image = np.zeros(shape, np.float32)
+    image[6:10, 6:10, 2:18] = 120.0  # a vessel ...
+    image[6:10, 6:10, 18:22] = 30.0  # ... dimmer over 4 mm: foreground probability ~0.3, below 0.5 ...
+    image[6:10, 6:10, 22:38] = 120.0  # ... and on again
+    (tmp_path / "in").mkdir()
+    write_image(image, ImageGeometry(shape, (1.0, 1.0, 1.0)), tmp_path / "in" / "g_0000.nii.gz")
+    bridging = types.SimpleNamespace(postprocessing=PostprocessingRecipe(bridge_gaps_mm=6.0))
+    plain = types.SimpleNamespace(postprocessing=PostprocessingRecipe())
+    with caplog.at_level(logging.INFO):
+        predict_cases([threshold_model()], tmp_path / "in", tmp_path / "bridged",
+                      PredictionOptions(use_tta=False, recipe=bridging))
+    predict_cases([threshold_model()], tmp_path / "in", tmp_path / "plain", PredictionOptions(use_tta=False, recipe=plain))
+    bridged, _ = read_label(tmp_path / "bridged" / "g.nii.gz")
+    unbridged, _ = read_label(tmp_path / "plain" / "g.nii.gz")
+    assert count_components(unbridged) == 2 and count_components(bridged) == 1
+    assert bridged[8, 8, 20] == 1 and not unbridged[:, :, 19:21].any()
+    assert "bridged 1 gap(s)" in caplog.text and "recipe: bridge gaps <= 6 mm" in caplog.text

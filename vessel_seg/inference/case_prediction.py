@@ -112,13 +112,16 @@ def predict_labels(
     tiles_per_batch: int = 4,
     rounding: torch.dtype = torch.float16,
     samples_per_forward: int | None = None,
+    foreground: np.ndarray | None = None,
 ) -> np.ndarray:
     """Label map ``(Z, Y, X)`` of a preprocessed case without any volume of probabilities.
 
     Each slab of fold-averaged probabilities (:func:`iter_probability_slabs`) is rounded to
     ``rounding`` and arg-maxed, so the labels equal :func:`labels_from_probabilities` of
     :func:`predict_probabilities` with ``dtype=rounding`` (ties, which rounding can create, go to
-    the lower class either way). Memory: the uint8 result plus rolling slabs.
+    the lower class either way). Memory: the uint8 result plus rolling slabs. ``foreground``, a
+    uint8 array of the same shape, receives ``round(255 * (1 - p_background))`` slab by slab: one
+    byte per voxel instead of a float volume (for gap bridging).
     """
     lookup = _label_lookup(label_values)
     out = np.empty(tuple(data.shape[1:]), dtype=lookup.dtype)
@@ -127,6 +130,8 @@ def predict_labels(
         samples_per_forward,
     ):
         out[z] = lookup[torch.argmax(probs.to(rounding), dim=0).numpy()]
+        if foreground is not None:
+            foreground[z] = torch.round((1.0 - probs[0].float()).clamp_(0, 1) * 255).to(torch.uint8).numpy()
     return out
 
 

@@ -265,8 +265,9 @@ def bridge_gaps(
     ----------
     seg : ndarray of int
         Label map ``(Z, Y, X)``.
-    probabilities_fg : ndarray of float
-        Foreground probability (0..1) per voxel, same shape as ``seg``.
+    probabilities_fg : ndarray of float, or uint8
+        Foreground probability (0..1) per voxel, same shape as ``seg``; uint8 means 0..255 for 0..1
+        (what the streamed predictor keeps).
     spacing : sequence of float
         Voxel size in mm, ``(z, y, x)``.
     max_gap_mm : float
@@ -301,7 +302,10 @@ def bridge_gaps(
             continue
         piece = components[box] == component_id
         vessel_box = out[box] > 0
-        added = _bridge_one(piece, main[box], vessel_box, probabilities_fg[box], sp, max_gap_mm, min_probability)
+        prob = probabilities_fg[box]
+        if prob.dtype == np.uint8:  # quantised by the streamed predictor: 255 = 1
+            prob = prob.astype(np.float32) / 255.0
+        added = _bridge_one(piece, main[box], vessel_box, prob, sp, max_gap_mm, min_probability)
         if added is None:
             continue
         label = int(np.bincount(seg[box][piece].astype(np.int64)).argmax())

@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -305,17 +305,23 @@ def _write_extras(
 
 def _postprocess(
     seg: np.ndarray, probs: np.ndarray | None, geometry: ImageGeometry, labels: list[int], options: PredictionOptions,
+    bridged: bool = False,
 ) -> tuple[np.ndarray, str]:
-    """The recipe's postprocessing when there is one, else the default debris removal; and a line for the log."""
+    """The recipe's postprocessing when there is one, else the default debris removal; and a line for the log.
+
+    ``bridged``: the recipe's gap bridging already ran in preprocessed space on the streamed
+    foreground map (:func:`_streamed_bridging`), so it is not repeated here.
+    """
     from vessel_seg.inference.postprocessing import apply_postprocessing, count_components, remove_detached_debris
 
     if not options.postprocess:
         return seg, "no postprocessing"
     recipe = getattr(options.recipe, "postprocessing", None)
-    if recipe is not None and not recipe.is_identity:
+    if recipe is not None:  # the recipe was measured on this model's validation: it decides, even "none"
+        steps = replace(recipe, bridge_gaps_mm=None) if bridged else recipe  # bridged before the restore
         before = count_components(seg)
         foreground = None if probs is None else 1.0 - probs[0].astype(np.float32)
-        out = apply_postprocessing(seg, recipe, geometry.spacing, labels, probabilities_fg=foreground)
+        out = seg if steps.is_identity else apply_postprocessing(seg, steps, geometry.spacing, labels, probabilities_fg=foreground)
         return out, f"{before} -> {count_components(out)} component(s) (recipe: {recipe.describe()})"
     out, report = remove_detached_debris(seg, geometry.spacing)
     return out, (f"{report.components_before} -> {report.components_after} component(s) (default: removed "
@@ -337,6 +343,7 @@ class _PredictedCase:
     probs: np.ndarray | None
     geometry: ImageGeometry
     preview_image: np.ndarray | None
+    bridged: bool = False  # the recipe's gap bridging already ran on the streamed foreground map
 
 
 def _read_case(case: InputCase, options: PredictionOptions) -> _LoadedCase:
@@ -349,23 +356,38 @@ def _read_case(case: InputCase, options: PredictionOptions) -> _LoadedCase:
 def _predict_loaded(models: Sequence[TrainedModel], case: InputCase, loaded: _LoadedCase, options: PredictionOptions) -> _PredictedCase:
     geometry, labels = loaded.geometry, models[0].label_values
     probs = None
+    bridge_mm = _recipe_bridging(options)
     if len(models) == 1 and not options.save_probabilities:
+        refine = None if bridge_mm is None else _streamed_bridging(bridge_mm)
         seg, _ = predict_image(
             models[0], loaded.images.pop(), geometry, case.case_id, options.use_tta, keep_probabilities=False,
-            step=options.step_size,
+            step=options.step_size, refine=refine,
         )
-    else:
-        probs = predict_original_probabilities(
-            models, loaded.images.pop(), geometry, case.case_id, options.use_tta, options.step_size
-        )
-        seg = labels_from_original_probabilities(probs, labels)
+        return _PredictedCase(seg, None, geometry, loaded.preview_image, bridged=refine is not None)
+    probs = predict_original_probabilities(
+        models, loaded.images.pop(), geometry, case.case_id, options.use_tta, options.step_size
+    )
+    seg = labels_from_original_probabilities(probs, labels)
     return _PredictedCase(seg, probs, geometry, loaded.preview_image)
+
+
+def _recipe_bridging(options: PredictionOptions) -> float | None:
+    """The recipe's widest bridged gap in mm, when postprocessing runs and the recipe bridges gaps."""
+    recipe = getattr(options.recipe, "postprocessing", None)
+    return None if not options.postprocess or recipe is None else recipe.bridge_gaps_mm
+
+
+def _streamed_bridging(max_gap_mm: float):
+    """Gap bridging in preprocessed space from the uint8 foreground map the streamed predictor keeps."""
+    from vessel_seg.inference.postprocessing import bridge_gaps
+
+    return lambda seg, foreground, spacing: bridge_gaps(seg, foreground, spacing, max_gap_mm)
 
 
 def _write_case(labels: list[int], case: InputCase, predicted: _PredictedCase, output_dir: Path, options: PredictionOptions) -> None:
     """Postprocess and write one case's outputs (extras first, the mask last)."""
     geometry, probs = predicted.geometry, predicted.probs
-    seg, postprocessed = _postprocess(predicted.seg, probs, geometry, labels, options)
+    seg, postprocessed = _postprocess(predicted.seg, probs, geometry, labels, options, predicted.bridged)
     paths = case_output_paths(case, output_dir, options)
     if options.save_probabilities:
         save_probabilities(paths["probabilities"], probs, labels, geometry, case.file_ending)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,14 +154,21 @@ def preprocess_for_model(
     return data, props
 
 
-def _predict_labels(model: TrainedModel, data: np.ndarray, use_tta: bool, step: float = 0.5) -> np.ndarray:
-    """Label map in preprocessed space, streamed: no probability volume is allocated."""
+def _predict_labels(
+    model: TrainedModel, data: np.ndarray, use_tta: bool, step: float = 0.5, foreground: np.ndarray | None = None,
+) -> np.ndarray:
+    """Label map in preprocessed space, streamed: no probability volume is allocated (``foreground``: see predict_labels)."""
     tiles, samples = forward_batch_for(model, data.shape[0], use_tta)
     return predict_labels(
         model.networks, data, model.config, model.label_values, model.mirror_axes if use_tta else (),
         model.device, amp=mixed_precision_enabled(model.device, True), step=step, tiles_per_batch=tiles,
-        samples_per_forward=samples,
+        samples_per_forward=samples, foreground=foreground,
     )
+
+
+# Refines a label map in preprocessed space with the uint8 foreground probability kept beside it:
+# refine(labels, foreground_uint8, spacing_mm) -> labels (e.g. gap bridging of a recipe).
+Refinement = Callable[[np.ndarray, np.ndarray, Sequence[float]], np.ndarray]
 
 
 def predict_preprocessed(
@@ -209,7 +216,7 @@ def _predict_probabilities(model: TrainedModel, data: np.ndarray, use_tta: bool,
 
 def predict_image(
     model: TrainedModel, images: np.ndarray, geometry: ImageGeometry, case_id: str = "case", use_tta: bool = True,
-    keep_probabilities: bool = True, step: float = 0.5,
+    keep_probabilities: bool = True, step: float = 0.5, refine: Refinement | None = None,
 ) -> tuple[np.ndarray, torch.Tensor | None]:
     """Segment one raw image ``(C, Z, Y, X)``.
 
@@ -234,9 +241,14 @@ def predict_image(
     device-side instead (:mod:`~vessel_seg.inference.device_prediction`: preprocessing, window,
     arg-max and restore on the device, only the uint8 label map copied back; linear instead of
     spline image resampling). ``step`` is the sliding-window step (fraction of the patch, ``(0, 1]``).
+
+    ``refine`` (streamed path only, not with ``keep_probabilities``): called with the label map in
+    preprocessed space, the foreground probability kept beside it as uint8 (one more byte per
+    preprocessed voxel, no float volume) and the preprocessed spacing; its result is restored. It
+    keeps the case on the CPU path, where the foreground map is streamed.
     """
     check_input(model, images, geometry, case_id)
-    if not keep_probabilities:
+    if not keep_probabilities and refine is None:
         plan = plan_prediction(model, images.shape, geometry.spacing, use_tta)
         log.debug("%s: %s", case_id, plan.device_path.reason)
         if plan.device_path.use:
@@ -249,8 +261,12 @@ def predict_image(
         probs = _predict_probabilities(model, data, use_tta, step)
         seg = labels_from_probabilities(probs, model.label_values)
     else:
-        seg = _predict_labels(model, data, use_tta, step)
+        foreground = None if refine is None else np.empty(data.shape[1:], np.uint8)
+        seg = _predict_labels(model, data, use_tta, step, foreground)
         probs = None
+        if refine is not None:
+            seg = refine(seg, foreground, props.spacing)
+            del foreground
     del data  # the restore below allocates original-size arrays; the input is no longer needed
     restored = restore_to_original(seg, props, is_label=True, labels=model.label_values[1:])
     return restored, probs
