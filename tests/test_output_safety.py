@@ -15,14 +15,14 @@ from training_helpers import threshold_model
 
 from vessel_seg.errors import DatasetError
 from vessel_seg.imageio import ImageGeometry, write_image
-from vessel_seg.inference.prediction_run import (
+from vessel_seg.inference.prediction_inputs import (
     PredictionOptions,
     case_output_paths,
     check_output_location,
     check_outputs_spare_inputs,
     find_input_cases,
-    predict_cases,
 )
+from vessel_seg.inference.prediction_run import predict_cases
 
 SHAPE = (6, 10, 12)
 

@@ -46,7 +46,7 @@ _RANDOM_PART = 8  # characters mkstemp inserts
 def _temporary_affixes(name: str) -> tuple[str, str]:
     """``(prefix, suffix)`` of a hidden temporary for ``name`` whose whole name stays within :data:`NAME_MAX`.
 
-    Normally ``.NAME.vstmp-XXXXXXXX.ext``; a long final name (a 240-character case id) would make
+    Normally ``.NAME.vstmp-<8 random characters>.ext``; a long final name (a 240-character case id) would make
     that too long for the filesystem, so the name is then cut and a short hash of it keeps it unique.
     """
     suffix = "".join(Path(name).suffixes)[-16:] or ".tmp"

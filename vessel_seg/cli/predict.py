@@ -54,12 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _command(args: argparse.Namespace) -> int:
     import torch
 
-    from vessel_seg.inference.prediction_run import (
-        PredictionOptions,
-        check_output_location,
-        check_step_size,
-        predict_cases,
-    )
+    from vessel_seg.inference.prediction_inputs import PredictionOptions, check_output_location, check_step_size
+    from vessel_seg.inference.prediction_run import predict_cases
     from vessel_seg.inference.predictor import load_trained_model
     from vessel_seg.inference.trained_models import choose_models, resolve_prediction_dataset
     from vessel_seg.model_folder import parse_fold

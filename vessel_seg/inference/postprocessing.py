@@ -204,6 +204,8 @@ def _bridge_one(
     min_probability: float,
 ) -> np.ndarray | None:
     """Voxels (bool mask, crop-sized) that join ``piece`` to ``main`` in one crop, or ``None``."""
+    if prob.dtype == np.uint8:  # quantised by the streamed predictor: 255 = 1
+        prob = prob.astype(np.float32) / 255.0
     passable = vessel | (prob >= min_probability)
     costs = np.where(vessel, 1.0, 1.0 / (prob.astype(np.float64) + _EPS))
     costs[~passable] = np.inf  # MCP never enters infinite-cost voxels
@@ -302,10 +304,7 @@ def bridge_gaps(
             continue
         piece = components[box] == component_id
         vessel_box = out[box] > 0
-        prob = probabilities_fg[box]
-        if prob.dtype == np.uint8:  # quantised by the streamed predictor: 255 = 1
-            prob = prob.astype(np.float32) / 255.0
-        added = _bridge_one(piece, main[box], vessel_box, prob, sp, max_gap_mm, min_probability)
+        added = _bridge_one(piece, main[box], vessel_box, probabilities_fg[box], sp, max_gap_mm, min_probability)
         if added is None:
             continue
         label = int(np.bincount(seg[box][piece].astype(np.int64)).argmax())

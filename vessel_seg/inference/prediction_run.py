@@ -13,268 +13,43 @@ against the model before the first prediction, so a bad input stops the run befo
 from __future__ import annotations
 
 import logging
-import math
-import os
-import re
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from vessel_seg.atomic import check_free_space, check_writable_location, remove_stale_temporaries
-from vessel_seg.errors import DatasetError, ImageReadError, ImageWriteError, VesselSegError
-from vessel_seg.imageio import (
-    ImageGeometry,
-    image_extension,
-    read_dicom_series,
-    read_geometry,
-    read_image,
-    strip_extension,
-    write_image,
-)
+from vessel_seg.atomic import check_free_space, remove_stale_temporaries
+from vessel_seg.errors import ImageWriteError, VesselSegError
+from vessel_seg.imageio import ImageGeometry, write_image
 from vessel_seg.inference.case_pipeline import run_overlapped
-from vessel_seg.inference.ensemble import PROBABILITY_SUFFIX, save_probabilities
-from vessel_seg.inference.input_checks import check_case_headers, check_channel_files
+from vessel_seg.inference.ensemble import save_probabilities
+from vessel_seg.inference.prediction_inputs import (
+    InputCase,
+    PredictionOptions,
+    case_mask_path,
+    case_output_paths,
+    check_inputs,
+    check_outputs_spare_inputs,
+    check_step_size,
+    ensure_writable,
+    find_input_cases,
+    largest_case_output_bytes,
+)
 from vessel_seg.inference.predictor import (
     TrainedModel,
     labels_from_original_probabilities,
     predict_image,
     predict_original_probabilities,
 )
-from vessel_seg.planners.resampling import resampling_problem
+
+__all__ = ["PredictionOptions", "find_input_cases", "predict_case", "predict_cases"]  # options and finder: re-exported
 
 log = logging.getLogger(__name__)
 
-CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
-DICOM_OUTPUT_ENDING = ".nii.gz"
-
-
-@dataclass
-class InputCase:
-    """One case to predict: channel files in channel order (or a DICOM folder) and the output ending."""
-
-    case_id: str
-    files: list[Path]
-    file_ending: str
-    dicom: bool = False
-
-    def read(self) -> tuple[np.ndarray, ImageGeometry]:
-        if self.dicom:
-            data, geometry = read_dicom_series(self.files[0])
-            return data[None].astype(np.float32, copy=False), geometry
-        return read_image(self.files)
-
-
-@dataclass
-class PredictionOptions:
-    """What to write and how (see ``vs_predict --help``).
-
-    ``step_size``: sliding-window step as a fraction of the patch, in ``(0, 1]``. ``overlap_io``:
-    read the next case and write the previous one in background threads while a case is
-    predicted (:func:`~vessel_seg.inference.case_pipeline.run_overlapped`); ``None`` = on when a
-    model runs on a GPU (CUDA, MPS), off on the CPU, where it would add a case to the memory peak
-    and the cores are busy anyway.
-    """
-
-    use_tta: bool = True
-    overwrite: bool = False
-    save_probabilities: bool = False
-    mesh: bool = False
-    centerline: bool = False
-    preview: bool = False
-    recipe: Any = None
-    step_size: float = 0.5
-    overlap_io: bool | None = None
-    # The recipe's postprocessing, or without one the default debris removal
-    # (postprocessing.remove_detached_debris); False: the network's mask as it is.
-    postprocess: bool = True
-
-
-def check_step_size(value: object) -> float:
-    """``value`` as a tile step in ``(0, 1]``, else a one-line :class:`VesselSegError`."""
-    try:
-        step = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        step = math.nan
-    if not 0 < step <= 1:
-        raise VesselSegError(
-            f"--step-size must be a number in (0, 1] (tile step as a fraction of the patch; 0.5 = half-overlapping "
-            f"tiles, 1 = no overlap), got {value!r}"
-        )
-    return step
-
-
-def _is_dicom_folder(folder: Path) -> bool:
-    return any(p.suffix.lower() == ".dcm" for p in folder.iterdir() if p.is_file())
-
-
-def find_input_cases(path: str | Path, num_channels: int) -> list[InputCase]:
-    """The cases under ``path`` (file, nnU-Net images folder or DICOM series folder), sorted by id."""
-    path = Path(path)
-    if not path.exists():
-        raise DatasetError(f"{path}: input not found; give an image file, a folder of CASE_0000 images or a DICOM folder")
-    if path.is_file():
-        ending = image_extension(path)
-        if ending is None:
-            if path.suffix.lower() == ".dcm":
-                return [InputCase(path.parent.name, [path.parent], DICOM_OUTPUT_ENDING, dicom=True)]
-            raise DatasetError(f"{path}: not a supported image file (.nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd, DICOM)")
-        match = CHANNEL_RE.match(strip_extension(path))
-        if match is None:
-            return [InputCase(strip_extension(path), [path], ending)]
-        case_id = match["case"]
-        files = [path.parent / f"{case_id}_{c:04d}{path.name[-len(ending):]}" for c in range(num_channels)]
-        missing = [f for f in files if not f.is_file()]
-        if missing:
-            raise DatasetError(
-                f"{missing[0]}: channel file of case {case_id!r} is missing (the model expects {num_channels} "
-                "channels); add the file"
-            )
-        return [InputCase(case_id, files, ending)]
-    images = [p for p in sorted(path.iterdir()) if p.is_file() and not p.name.startswith(".") and image_extension(p)]
-    if not images:
-        if _is_dicom_folder(path):
-            return [InputCase(path.name, [path], DICOM_OUTPUT_ENDING, dicom=True)]
-        raise DatasetError(f"{path}: no images found (expected CASE_0000.nii.gz-style files or a DICOM series)")
-    by_case: dict[str, dict[int, Path]] = {}
-    for image in images:
-        match = CHANNEL_RE.match(strip_extension(image))
-        if match is None:
-            raise DatasetError(f"{image}: image names in a folder must end in _NNNN (4-digit channel), e.g. case_0000.nii.gz")
-        channels = by_case.setdefault(match["case"], {})
-        channel = int(match["channel"])
-        if channel in channels:
-            raise DatasetError(
-                f"{image}: channel {channel} of case {match['case']!r} is also given by {channels[channel].name}; "
-                "keep one file per case and channel"
-            )
-        channels[channel] = image
-    cases = []
-    for case_id, channels in sorted(by_case.items()):
-        ending = image_extension(next(iter(channels.values()))) or ""
-        missing = [c for c in range(num_channels) if c not in channels]
-        if missing:
-            raise DatasetError(
-                f"{path / f'{case_id}_{missing[0]:04d}{ending}'}: channel {missing[0]} of case {case_id!r} is missing "
-                f"(the model expects channels {list(range(num_channels))}); add the file or remove the case"
-            )
-        # Files in channel order; channels beyond the model's are kept so that the check names them.
-        files = [channels[c] for c in sorted(channels)]
-        cases.append(InputCase(case_id, files, ending))
-    return cases
-
-
-def check_inputs(models: Sequence[TrainedModel], cases: Sequence[InputCase]) -> None:
-    """Header checks of every case against the models before any prediction (see ``input_checks``)."""
-    model_dims = {m.name: m.config.dim for m in models}
-    num_channels = models[0].info.num_channels
-    for case in cases:
-        check_channel_files(case.case_id, case.files, num_channels, models[0].name)
-        if not case.dicom:
-            geometry = check_case_headers(case.files, model_dims)
-            check_resampling(case.files[0], geometry, models)
-
-
-def _largest_case_output_bytes(cases: Sequence[InputCase], num_classes: int, options: PredictionOptions) -> float:
-    """Upper bound of what one case writes (uint8 mask, float16 probabilities), uncompressed; cases go one at a time."""
-    per_voxel = 1 + (2 * num_classes if options.save_probabilities else 0)
-    sizes = [float(np.prod(read_geometry(c.files[0]).shape)) for c in cases if not c.dicom]
-    return max(sizes, default=0.0) * per_voxel
-
-
-def check_resampling(path: Path, geometry: ImageGeometry, models: Sequence[TrainedModel]) -> None:
-    """Refuse a header spacing that would blow the image up absurdly at a model's spacing (one line, the file)."""
-    for model in models:
-        target = list(model.config.spacing)
-        if len(target) < len(geometry.spacing):  # a 2d configuration keeps the slice axis
-            target = list(geometry.spacing[: len(geometry.spacing) - len(target)]) + target
-        problem = resampling_problem(geometry.shape, geometry.spacing, target)
-        if problem:
-            raise ImageReadError(f"{path}: {problem}, the spacing of model {model.name}; check the spacing in the header")
-
-
-def check_output_location(folder: str | Path) -> Path:
-    """Raise an error unless ``folder`` could be created and written; creates nothing (the CLI's early ``-o`` check)."""
-    folder = Path(folder)
-    if folder.exists():
-        return ensure_writable(folder)
-    return check_writable_location(folder, "choose another -o")
-
-
-def ensure_writable(folder: str | Path) -> Path:
-    """Create ``folder`` if needed and check that files can be created in it (before any work starts)."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder, prefix=".write-test-"):
-            pass
-    except OSError as exc:
-        raise ImageWriteError(f"{folder}: output folder is not writable ({exc.strerror or exc}); choose another -o") from exc
-    return folder
-
-
-def _case_outputs(case: InputCase, output_dir: Path) -> Path:
-    return output_dir / f"{case.case_id}{case.file_ending}"
-
-
-def case_output_paths(case: InputCase, output_dir: Path, options: PredictionOptions) -> dict[str, Path]:
-    """Every file this run writes for ``case``, by kind; the writers take their paths from here."""
-    stem = output_dir / case.case_id
-    paths = {"mask": _case_outputs(case, output_dir)}
-    if options.save_probabilities:
-        paths["probabilities"] = stem.with_name(f"{case.case_id}{PROBABILITY_SUFFIX}")
-    if options.mesh:
-        paths["mesh"] = stem.with_name(f"{case.case_id}.vtp")
-        paths["STL mesh"] = stem.with_name(f"{case.case_id}.stl")
-    if options.centerline:
-        paths["centerline"] = stem.with_name(f"{case.case_id}_centerline.json")
-        paths["centerline mesh"] = stem.with_name(f"{case.case_id}_centerline.vtp")
-    if options.preview:
-        paths["preview"] = stem.with_name(f"{case.case_id}_preview.png")
-    return paths
-
-
-def _real(path: Path) -> str:
-    """``path`` with symbolic links and ``..`` resolved (it need not exist): what a write would reach."""
-    return os.path.realpath(path)
-
-
-def check_outputs_spare_inputs(cases: Sequence[InputCase], output_dir: str | Path, options: PredictionOptions) -> None:
-    """Raise :class:`DatasetError` if any output of this run would replace an input image or another output.
-
-    Compares resolved paths, so ``-o`` spelled through ``..`` or a symbolic link is caught; a DICOM
-    input is a folder, and no output may be written inside it. Runs before anything is created.
-    """
-    output_dir = Path(output_dir)
-    inputs = {_real(f): (case, f) for case in cases for f in case.files}
-    dicom_folders = [(_real(case.files[0]), case) for case in cases if case.dicom]
-    written: dict[str, str] = {}
-    for case in cases:
-        for kind, path in case_output_paths(case, output_dir, options).items():
-            real = _real(path)
-            hit = inputs.get(real)
-            if hit is not None:
-                raise DatasetError(
-                    f"{hit[1]}: input image of case {hit[0].case_id!r} would be overwritten by the {kind} of case "
-                    f"{case.case_id!r}; give -o a folder that holds no input images"
-                )
-            inside = next((c for folder, c in dicom_folders if real.startswith(folder + os.sep)), None)
-            if inside is not None:
-                raise DatasetError(
-                    f"{path}: the {kind} of case {case.case_id!r} would be written into the DICOM series folder of case "
-                    f"{inside.case_id!r}; give -o a folder outside it"
-                )
-            if real in written:
-                raise DatasetError(
-                    f"{path}: cases {written[real]!r} and {case.case_id!r} would write the same file; rename one input"
-                )
-            written[real] = case.case_id
 
 
 def _write_extras(
@@ -436,11 +211,11 @@ def predict_cases(
     cases = find_input_cases(input_path, models[0].info.num_channels)
     output_dir = Path(output_dir)
     check_outputs_spare_inputs(cases, output_dir, options)
-    todo = [c for c in cases if options.overwrite or not _case_outputs(c, output_dir).exists()]
+    todo = [c for c in cases if options.overwrite or not case_mask_path(c, output_dir).exists()]
     if len(todo) < len(cases):
         log.info("%d of %d case(s) already predicted in %s, skipped (use --overwrite to redo)", len(cases) - len(todo), len(cases), output_dir)
     check_inputs(models, todo)
-    check_free_space(output_dir, _largest_case_output_bytes(todo, len(models[0].label_values), options), "prediction")
+    check_free_space(output_dir, largest_case_output_bytes(todo, len(models[0].label_values), options), "prediction")
     output_dir = ensure_writable(output_dir)  # created only once every check has passed
     remove_stale_temporaries(output_dir)
     overlap = options.overlap_io if options.overlap_io is not None else any(m.device.type != "cpu" for m in models)

@@ -47,7 +47,7 @@ from vessel_seg.errors import DatasetError, PlansError
 from vessel_seg.imageio import read_image, read_label
 from vessel_seg.planners.cropping import nonzero_bbox
 from vessel_seg.planners.plans import ChannelIntensity
-from vessel_seg.planners.resampling import resampling_problem
+from vessel_seg.planners.resampling_checks import resampling_problem
 from vessel_seg.planners.verify import label_problem
 from vessel_seg.serialization import from_dict, read_json, write_json_atomic
 
