@@ -1,8 +1,9 @@
 """Where datasets, preprocessed data and trained models live, and dataset lookup by id or name.
 
 The three roots come from the environment variables ``VS_RAW``, ``VS_PREPROCESSED`` and
-``VS_RESULTS``. When one is unset, a default under ``~/vessel_seg_data`` is used and announced once
-(logging, level WARNING) so that nobody wonders where their data went.
+``VS_RESULTS``; when one is unset, nnU-Net v2's ``nnUNet_raw`` / ``nnUNet_preprocessed`` /
+``nnUNet_results`` are used if set (announced once), else a default under ``~/vessel_seg_data``
+(announced once, level WARNING) so that nobody wonders where their data went.
 """
 
 from __future__ import annotations
@@ -22,10 +23,21 @@ _announced: set[str] = set()
 DATASET_NAME_RE = re.compile(r"^Dataset(\d{3})_([A-Za-z0-9_\-]+)$")
 
 
+# nnU-Net v2's variables, used when ours are unset: an nnU-Net user's raw datasets work as they are (the
+# preprocessed and result folders of the two frameworks have different names and coexist).
+NNUNET_FALLBACK = {"VS_RAW": "nnUNet_raw", "VS_PREPROCESSED": "nnUNet_preprocessed", "VS_RESULTS": "nnUNet_results"}
+
+
 def _root(variable: str) -> Path:
     value = os.environ.get(variable)
     if value:
         return Path(value).expanduser()
+    fallback = os.environ.get(NNUNET_FALLBACK[variable])
+    if fallback:
+        if variable not in _announced:
+            _announced.add(variable)
+            log.info("%s is not set; using %s=%s", variable, NNUNET_FALLBACK[variable], fallback)
+        return Path(fallback).expanduser()
     default = DEFAULT_BASE / _ROOTS[variable]
     if variable not in _announced:
         _announced.add(variable)

@@ -17,7 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-d", "--dataset", required=True, nargs="+", help="dataset id(s) (501) or name(s) (Dataset501_Synthetic)")
     parser.add_argument("-c", "--configurations", nargs="+", choices=CONFIGURATIONS, help="configurations to preprocess (default: all planned)")
-    parser.add_argument("--verify", action="store_true", help="check the dataset for consistency first")
+    parser.add_argument("--verify", "--verify_dataset_integrity", dest="verify", action="store_true",
+                        help="check the dataset for consistency first")
     parser.add_argument("-np", "--num-processes", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("-pl", "--plans", default=DEFAULT_PLANS, help="plans name; 'cpu' selects the CPU-sized preset (default vs_plans)")
     parser.add_argument("--preset", choices=("gpu", "cpu"), help="sizing preset (default: cpu for -pl cpu, gpu otherwise)")

@@ -9,6 +9,14 @@ from pathlib import Path
 from vessel_seg.cli import run_cli
 
 
+def checkpoint_choice(value: str) -> str:
+    """``final``/``best``/``epochNNNN``, also written as nnU-Net's file names (``checkpoint_best.pth``) or ours (``.pt``)."""
+    name = value.strip()
+    for suffix in (".pth", ".pt"):
+        name = name.removesuffix(suffix)
+    return name.removeprefix("checkpoint_")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vs_predict",
@@ -22,17 +30,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-c", dest="configuration", default=None,
                         help="configuration (default: the inference recipe, else the best validated configuration)")
     parser.add_argument("-f", dest="folds", nargs="+", default=None, help="folds to ensemble (default: all trained)")
-    parser.add_argument("-pl", dest="plans", default=None, help="plans name (default: any, if unambiguous)")
+    parser.add_argument("-pl", "-p", dest="plans", default=None, help="plans name (default: any, if unambiguous)")
     parser.add_argument("-tr", dest="trainer", default=None, help="trainer name (default: any, if unambiguous)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    parser.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation (8x faster in 3D)")
+    parser.add_argument("--disable-tta", "--disable_tta", dest="disable_tta", action="store_true",
+                        help="no mirroring test-time augmentation (8x faster in 3D)")
     parser.add_argument(
         "--step-size", "-step_size", dest="step_size", default="0.5", metavar="S",
         help="sliding-window step as a fraction of the patch, 0 < S <= 1 (default 0.5: half-overlapping tiles; "
         "larger is faster, nnU-Net's -step_size)",
     )
     parser.add_argument(
-        "--checkpoint", default="final", help="checkpoint to load: final (default), best, or a snapshot such as epoch0020"
+        "--checkpoint", "-chk", default="final", type=checkpoint_choice,
+        help="checkpoint to load: final (default), best, or a snapshot such as epoch0020; nnU-Net's "
+        "checkpoint_final.pth / checkpoint_best.pth are understood",
     )
     parser.add_argument("-np", type=int, default=None, dest="num_threads",
                         help="CPU threads for torch (default: torch's choice)")

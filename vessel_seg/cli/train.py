@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import re
 import sys
 from pathlib import Path
 
@@ -11,9 +13,10 @@ from vessel_seg.cli import run_cli, sleep_idle_openmp_threads
 sleep_idle_openmp_threads()  # before torch is imported below
 from vessel_seg.device import DEVICES  # noqa: E402
 from vessel_seg.errors import VesselSegError  # noqa: E402
-from vessel_seg.model_folder import parse_fold  # noqa: E402
+from vessel_seg.model_folder import DEFAULT_TRAINER, parse_fold  # noqa: E402
+from vessel_seg.paths import preprocessed_root, raw_root, resolve_dataset  # noqa: E402
 from vessel_seg.planners.pipeline import DEFAULT_PLANS  # noqa: E402
-from vessel_seg.planners.plans import CONFIGURATIONS  # noqa: E402
+from vessel_seg.planners.plans import CONFIGURATIONS, find_plans_name  # noqa: E402
 from vessel_seg.trainers.settings import COMPILE_MODES, LOSSES, OPTIMIZERS, TrainingSettings  # noqa: E402
 from vessel_seg.trainers.trainer import TrainingJob, train  # noqa: E402
 from vessel_seg.trainers.workers import env_override  # noqa: E402
@@ -27,7 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("dataset", help="dataset id (501) or name (Dataset501_Synthetic)")
     parser.add_argument("configuration", choices=CONFIGURATIONS)
     parser.add_argument("fold", help="fold index (0-4) or 'all'")
-    parser.add_argument("-pl", "--plans", default=DEFAULT_PLANS, help="plans name (default vs_plans; 'cpu' for the CPU preset)")
+    parser.add_argument("-pl", "-p", "--plans", default=None,
+                        help="plans name (default: vs_plans, else the dataset's only plans; 'cpu' for the CPU preset)")
+    parser.add_argument("-tr", dest="trainer", default=DEFAULT_TRAINER,
+                        help=f"trainer name: the run folder <trainer>__<plans>__<configuration> (default {DEFAULT_TRAINER})")
     parser.add_argument("--epochs", type=int, default=TrainingSettings.epochs)
     parser.add_argument("--iterations-per-epoch", type=int, default=TrainingSettings.iterations_per_epoch)
     parser.add_argument("--val-iterations", type=int, default=TrainingSettings.validation_iterations)
@@ -58,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=TrainingSettings.seed)
     parser.add_argument("--warmup-iterations", type=int, default=TrainingSettings.warmup_iterations,
                         help="linear learning-rate warm-up over the first N steps (default 0: none)")
-    parser.add_argument("--continue", dest="resume", action="store_true", help="resume from the latest checkpoint")
+    parser.add_argument("--continue", "--c", dest="resume", action="store_true", help="resume from the latest checkpoint")
     parser.add_argument("--pretrained", type=Path, help="initialise from another model's checkpoint (fine-tuning)")
     parser.add_argument("--no-final-validation", action="store_true", help="skip full-volume validation at the end")
     parser.add_argument(
@@ -66,6 +72,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not save validation probabilities (CASE.npz); vs_find_best_configuration then skips ensembles and gap bridging",
     )
     return parser
+
+
+MODEL_PART_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9\-]|_(?!_))*$")
+
+
+def _plans_name(args: argparse.Namespace) -> str:
+    """``-pl``, else vs_plans, else the dataset's only plans (announced)."""
+    if args.plans is not None:
+        return args.plans
+    name = resolve_dataset(args.dataset, [preprocessed_root(), raw_root()])
+    plans = find_plans_name(preprocessed_root() / name, None, DEFAULT_PLANS)
+    if plans != DEFAULT_PLANS:
+        logging.getLogger(__name__).info("plans: using %s, the only plans of %s (-pl to choose)", plans, name)
+    return plans
 
 
 def _command(args: argparse.Namespace) -> int:
@@ -90,9 +110,11 @@ def _command(args: argparse.Namespace) -> int:
         from vessel_seg.trainers.checkpointer import pretrained_weights
 
         pretrained_weights(args.pretrained)  # a wrong file fails here, before any work or log line
+    if not MODEL_PART_RE.match(args.trainer):
+        raise VesselSegError(f"-tr {args.trainer!r}: a trainer name is letters, digits, '_' and '-' (no '__', no path)")
     job = TrainingJob(
-        args.dataset, args.configuration, parse_fold(args.fold), args.plans, settings,
-        resume=args.resume, pretrained=args.pretrained,
+        args.dataset, args.configuration, parse_fold(args.fold), _plans_name(args), settings,
+        resume=args.resume, pretrained=args.pretrained, trainer_name=args.trainer,
     )
     result = train(job)
     line = f"trained {result.epochs_run} epoch(s); model in {result.fold_dir}"

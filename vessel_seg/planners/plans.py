@@ -134,3 +134,26 @@ class Plans:
         if problem:
             raise PlansError(f"{path}: {problem}; fix the value or re-run vs_plan_and_preprocess")
         return plans
+
+
+NOT_PLANS = {"dataset.json", "fingerprint.json", "splits.json"}  # the other JSON files of a preprocessed dataset
+
+
+def find_plans_name(preprocessed_dataset_dir: Path, requested: str | None, default: str) -> str:
+    """The plans name to use: ``requested``, else ``default`` when its file exists, else the only plans file.
+
+    Raises :class:`PlansError` naming the folder and the plans found when the choice is ambiguous
+    or nothing is planned (``vs_plan_and_preprocess -pl cpu`` then ``vs_train ...`` without ``-pl``
+    just works, as in nnU-Net where the plans identifier is optional).
+    """
+    if requested is not None:
+        return requested
+    folder = Path(preprocessed_dataset_dir)
+    if (folder / f"{default}.json").is_file():
+        return default
+    found = sorted(p.stem for p in folder.glob("*.json") if p.name not in NOT_PLANS) if folder.is_dir() else []
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise PlansError(f"{folder}: no plans found; run vs_plan_and_preprocess first")
+    raise PlansError(f"{folder}: several plans ({', '.join(found)}); choose one with -pl")
