@@ -25,6 +25,7 @@ from training_helpers import quick
 
 from vessel_seg.atomic import TEMP_MARKER
 from vessel_seg.imageio import ImageGeometry, write_image
+from vessel_seg.inference.provenance import PROVENANCE_FILE
 
 MODEL_ID = 731
 SIZE = 32
@@ -596,7 +597,12 @@ def test_killed_prediction_leaves_no_partial_output_and_resumes(model, tmp_path)
     argv = command("predict", "-i", str(inputs), "-o", str(out), "-d", str(MODEL_ID), *PREDICT)
     process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while not (out / "a.nii.gz").exists() and process.poll() is None and time.monotonic() < deadline:
+    record = out / PROVENANCE_FILE  # "a" is done once its mask exists and is recorded as this model's
+
+    def a_done() -> bool:
+        return (out / "a.nii.gz").exists() and record.exists() and '"a"' in record.read_text()
+
+    while not a_done() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     process.kill()
     process.communicate()
@@ -620,7 +626,7 @@ def test_killed_prediction_leaves_no_partial_output_and_resumes(model, tmp_path)
     assert (out / "a.nii.gz").stat().st_mtime_ns == first  # done before the kill: left alone
     assert not leftover_file.exists() and not leftover_folder.exists()
     # A temporary the kill itself left (it would be young) is hidden, marked, and never taken for a result.
-    assert all(TEMP_MARKER in p.name for p in out.iterdir() if p.name.startswith("."))
+    assert all(TEMP_MARKER in p.name for p in out.iterdir() if p.name.startswith(".") and p.name != PROVENANCE_FILE)
 
 
 # ---------------------------------------------------------------- vs_ensemble

@@ -21,6 +21,7 @@ from vessel_seg.inference.case_pipeline import run_overlapped
 from vessel_seg.inference.device_resampling import normalize_on_device
 from vessel_seg.inference.prediction_run import PredictionOptions, predict_cases
 from vessel_seg.inference.predictor import predict_image
+from vessel_seg.inference.provenance import PROVENANCE_FILE
 from vessel_seg.inference.sliding_window import iter_logit_slabs, mirror_combinations, mirrored_forward
 from vessel_seg.planners.normalization import normalize
 from vessel_seg.planners.plans import ChannelIntensity, NetworkTopology
@@ -232,7 +233,7 @@ def test_overlapped_folder_prediction_writes_the_same_files(tmp_path):
         np.testing.assert_array_equal(ovl, seq)
         assert ovl_geometry.mismatch(seq_geometry) is None and seq.any()
         assert (tmp_path / "out_True" / f"case{k}_preview.png").is_file()
-    assert not [p for p in (tmp_path / "out_True").iterdir() if p.name.startswith(".")]
+    assert not [p for p in (tmp_path / "out_True").iterdir() if p.name.startswith(".") and p.name != PROVENANCE_FILE]
 
 
 def test_overlapped_read_error_is_the_sequential_one(tmp_path):
@@ -244,7 +245,7 @@ def test_overlapped_read_error_is_the_sequential_one(tmp_path):
         with pytest.raises(ImageReadError) as info:
             predict_cases([threshold_model()], tmp_path / "in", out, PredictionOptions(use_tta=False, overlap_io=overlap))
         messages[overlap] = str(info.value)
-        assert sorted(p.name for p in out.iterdir()) == ["case0.nii.gz"]  # the case before, none after
+        assert sorted(p.name for p in out.iterdir() if p.name != PROVENANCE_FILE) == ["case0.nii.gz"]  # the case before, none after
     assert messages[True] == messages[False] and "case1_0000.nii.gz" in messages[True]
 
 

@@ -23,6 +23,7 @@ from vessel_seg.inference.prediction_inputs import (
     find_input_cases,
 )
 from vessel_seg.inference.prediction_run import predict_cases
+from vessel_seg.inference.provenance import PROVENANCE_FILE
 
 SHAPE = (6, 10, 12)
 
@@ -118,7 +119,7 @@ def test_a_240_character_case_id_predicts_with_probabilities(tmp_path):
     _image(tmp_path / "in" / f"{case_id}_0000.nii.gz", 0)
     options = PredictionOptions(use_tta=False, save_probabilities=True)
     predict_cases([threshold_model()], tmp_path / "in", tmp_path / "out", options)
-    assert {p.name for p in (tmp_path / "out").iterdir()} == {f"{case_id}.nii.gz", f"{case_id}.npz"}
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {f"{case_id}.nii.gz", f"{case_id}.npz", PROVENANCE_FILE}
 
 
 def test_temporary_names_of_long_files_fit_the_filesystem(tmp_path):
@@ -192,3 +193,22 @@ def test_recipe_gap_bridging_runs_on_the_streamed_prediction(tmp_path, caplog):
     assert count_components(unbridged) == 2 and count_components(bridged) == 1
     assert bridged[8, 8, 20] == 1 and not unbridged[:, :, 19:21].any()
     assert "bridged 1 gap(s)" in caplog.text and "recipe: bridge gaps <= 6 mm" in caplog.text
+
+
+def test_masks_of_another_model_are_predicted_again_and_the_log_says_why(tmp_path, caplog):
+    import logging
+
+    import torch
+
+    _image(tmp_path / "in" / "a_0000.nii.gz", 0)
+    options = PredictionOptions(use_tta=False)
+    assert list(predict_cases([threshold_model()], tmp_path / "in", tmp_path / "out", options)) == ["a"]
+    assert predict_cases([threshold_model()], tmp_path / "in", tmp_path / "out", options) == {}  # same model: reused
+    changed = threshold_model()
+    with torch.no_grad():
+        changed.networks[0].smooth.weight.mul_(1.01)  # "retrained": same folder and names, other weights
+    with caplog.at_level(logging.INFO):
+        assert list(predict_cases([changed], tmp_path / "in", tmp_path / "out", options)) == ["a"]
+    assert "predicted by another model or other settings (e.g. a): predicting them again" in caplog.text
+    (tmp_path / "out" / ".vs_provenance.json").write_text("{not json")  # a damaged record: nothing is trusted
+    assert list(predict_cases([changed], tmp_path / "in", tmp_path / "out", options)) == ["a"]

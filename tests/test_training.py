@@ -188,7 +188,12 @@ def test_trained_model_predicts_raw_images_in_their_geometry(roots):
     _, image_geometry = read_array(raw / "imagesTs" / f"{case}_0000.nii.gz")
     assert pred_geometry.mismatch(image_geometry) is None
     assert set(pred.ravel().tolist()) <= {0, 1}
-    assert predict_folder(model, raw / "imagesTs", out) == {}  # existing outputs are skipped
+    assert predict_folder(model, raw / "imagesTs", out, use_tta=False) == {}  # same model and settings: reused
+    assert len(predict_folder(model, raw / "imagesTs", out, use_tta=True)) == 1  # other settings: predicted again
+    assert predict_folder(model, raw / "imagesTs", out, use_tta=True) == {}
+    retrained = train(TrainingJob(7, "3d_fullres", "all", "cpu", quick(final_validation=False, seed=7),
+                                  trainer_name="predict"))  # same folder, new weights
+    assert len(predict_folder(load_trained_model(retrained.fold_dir.parent), raw / "imagesTs", out, use_tta=True)) == 1
 
 
 def test_validation_saves_probabilities_in_the_original_geometry(roots):
@@ -258,3 +263,16 @@ def test_preprocessing_again_clears_temporaries_of_a_killed_run(roots):
     stale.write_bytes(b"half a case")
     plan_and_preprocess(7, plans_name="cpu", num_workers=1)
     assert not stale.exists()
+
+
+def test_continue_with_other_loss_is_refused_and_new_weights_drop_old_validation(roots):
+    job = TrainingJob(7, "3d_fullres", 0, "cpu", quick(final_validation=True), trainer_name="stale")
+    first = train(job)
+    assert (first.fold_dir / "validation" / "summary.json").is_file()
+    job.resume = True
+    job.settings = quick(epochs=2, final_validation=False, loss="dice_ce_center")
+    with pytest.raises(VesselSegError, match="trained with --loss dice_ce, not dice_ce_center"):
+        train(job)
+    job.settings = quick(epochs=2, final_validation=False)
+    train(job)  # new weights, no final validation: the old one must not survive to be ranked
+    assert not (first.fold_dir / "validation").exists()

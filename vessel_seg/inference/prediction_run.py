@@ -45,6 +45,7 @@ from vessel_seg.inference.predictor import (
     predict_image,
     predict_original_probabilities,
 )
+from vessel_seg.inference.provenance import ProvenanceLog, run_identity
 
 __all__ = ["PredictionOptions", "find_input_cases", "predict_case", "predict_cases"]  # options and finder: re-exported
 
@@ -192,13 +193,40 @@ def _one_line_os_errors(case: InputCase, output_dir: Path) -> Iterator[None]:
         ) from exc
 
 
+def _postprocessing_name(options: PredictionOptions) -> str:
+    """What postprocessing the masks get, as text for the run identity."""
+    if not options.postprocess:
+        return "none"
+    recipe = getattr(options.recipe, "postprocessing", None)
+    return f"recipe: {recipe.describe()}" if recipe is not None else "default debris removal"
+
+
+def _cases_to_predict(
+    cases: Sequence[InputCase], output_dir: Path, overwrite: bool, provenance: ProvenanceLog, identity: str,
+) -> list[InputCase]:
+    """Cases without a mask, or whose mask another model or setting made (all of them with ``overwrite``)."""
+    if overwrite:
+        return list(cases)
+    existing = [c for c in cases if case_mask_path(c, output_dir).exists()]
+    reused = [c for c in existing if provenance.made_by(c.case_id, identity)]
+    stale = [c for c in existing if c not in reused]
+    if reused:
+        log.info("%d of %d case(s) already predicted in %s by this model and settings, reused (--overwrite redoes them)",
+                 len(reused), len(cases), output_dir)
+    if stale:
+        log.info("%d case(s) in %s were predicted by another model or other settings (e.g. %s): predicting them again",
+                 len(stale), output_dir, stale[0].case_id)
+    return [c for c in cases if c not in reused]
+
+
 def predict_cases(
     models: Sequence[TrainedModel], input_path: str | Path, output_dir: str | Path, options: PredictionOptions | None = None,
 ) -> dict[str, float]:
     """Predict every case under ``input_path`` into ``output_dir``; returns seconds per predicted case.
 
     ``models`` (one per configuration) are ensembled by averaging their probabilities in the input
-    geometry. Cases with an existing mask are skipped unless ``options.overwrite``. The seconds of
+    geometry. A case whose mask exists is skipped when the same model and settings made it
+    (:mod:`~vessel_seg.inference.provenance`), else predicted again; ``options.overwrite`` redoes all. The seconds of
     a case add its reading, prediction and writing; with ``options.overlap_io`` those of
     neighbouring cases run at the same time, and the outputs and errors are those of a sequential run.
     """
@@ -211,9 +239,9 @@ def predict_cases(
     cases = find_input_cases(input_path, models[0].info.num_channels)
     output_dir = Path(output_dir)
     check_outputs_spare_inputs(cases, output_dir, options)
-    todo = [c for c in cases if options.overwrite or not case_mask_path(c, output_dir).exists()]
-    if len(todo) < len(cases):
-        log.info("%d of %d case(s) already predicted in %s, skipped (use --overwrite to redo)", len(cases) - len(todo), len(cases), output_dir)
+    provenance = ProvenanceLog(output_dir)
+    identity = run_identity(models, options.use_tta, options.step_size, _postprocessing_name(options))
+    todo = _cases_to_predict(cases, output_dir, options.overwrite, provenance, identity)
     check_inputs(models, todo)
     check_free_space(output_dir, largest_case_output_bytes(todo, len(models[0].label_values), options), "prediction")
     output_dir = ensure_writable(output_dir)  # created only once every check has passed
@@ -232,6 +260,7 @@ def predict_cases(
 
         def store(case: InputCase, predicted: _PredictedCase) -> None:
             timed(_write_case, case, models[0].label_values, case, predicted, output_dir, options)
+            provenance.record(case.case_id, identity)
             log.debug("%s: %.1f s", case.case_id, seconds[case.case_id])
             bar.update()
 

@@ -304,8 +304,9 @@ def predict_folder(
 ) -> dict[str, float]:
     """Segment every case in a folder named like nnU-Net's ``imagesTs``; returns seconds per case.
 
-    Cases whose output already exists are skipped unless ``overwrite``; each output is written
-    atomically, so a killed run leaves only complete files and a rerun finishes the rest.
+    Cases whose output the same model and settings already wrote are skipped unless ``overwrite``
+    (others are predicted again); each output is written atomically, so a killed run leaves only
+    complete files and a rerun finishes the rest.
     """
     from vessel_seg.inference.prediction_run import PredictionOptions, predict_cases
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -135,6 +136,8 @@ def train(job: TrainingJob) -> TrainingResult:
         progress.truncate(state.start_epoch)
         # A fold belongs to one run: temporaries of a killed checkpoint write are garbage now, whatever their age.
         remove_stale_temporaries(ctx.fold_dir, older_than_s=0)
+        if state.start_epoch < settings.epochs:
+            _drop_stale_validation(ctx.fold_dir)
     run = _Run(ctx, settings, dist, model, checkpointer, progress, state)
     remaining = (settings.epochs - state.start_epoch) * settings.iterations_per_epoch
     step, compiling = _training_step(model, settings, device, dist, dtype, memory_format, remaining)
@@ -212,18 +215,27 @@ def _resume(checkpointer: Checkpointer, model: _Model, settings: TrainingSetting
     if state is None:
         log.warning("--continue: no checkpoint in %s, starting from scratch", checkpointer.fold_dir)
         return _State()
-    saved = ((state.get("metadata") or {}).get("settings") or {}).get("optimizer")
-    if saved is not None and saved != settings.optimizer:
-        # The optimiser state of one kind cannot drive the other (SGD momentum vs Adam moments).
-        raise CheckpointError(
-            f"{checkpointer.fold_dir}: this run was trained with --optimizer {saved}, not {settings.optimizer}; "
-            f"continue it with --optimizer {saved}"
-        )
+    _check_same_run(checkpointer.fold_dir, (state.get("metadata") or {}).get("settings") or {}, settings)
     unwrap(model.network).load_state_dict(state["network_weights"])
     model.optimizer.load_state_dict(with_this_machines_kernels(state["optimizer_state"], model.optimizer))
     if model.scaler is not None and state.get("grad_scaler_state"):
         model.scaler.load_state_dict(state["grad_scaler_state"])
     return _State(int(state["epoch"]), float(state.get("best_score", -math.inf)), state.get("ema_score"))
+
+
+# Settings that define what a run learns: --continue must not mix them (the optimiser state of one
+# optimiser cannot drive the other; a new loss is a new experiment, give it its own -tr).
+RUN_DEFINING_SETTINGS = {"optimizer": "--optimizer", "loss": "--loss"}
+
+
+def _check_same_run(fold_dir: Path, saved: dict, settings: TrainingSettings) -> None:
+    for key, flag in RUN_DEFINING_SETTINGS.items():
+        before, now = saved.get(key), getattr(settings, key)
+        if before is not None and before != now:
+            raise CheckpointError(
+                f"{fold_dir}: this run was trained with {flag} {before}, not {now}; continue it with {flag} {before} "
+                "or start another run with -tr NAME"
+            )
 
 
 def _training_step(
@@ -242,6 +254,15 @@ def _training_step(
         memory_format=memory_format, scaler=model.scaler, compile_model=decision.enabled,
     )
     return step, decision
+
+
+def _drop_stale_validation(fold_dir: Path) -> None:
+    """Remove the validation of earlier weights: the weights are about to change, and a model selection
+    (vs_find_best_configuration) must not rank a fold by a validation its final weights never had."""
+    folder = fold_dir / "validation"
+    if folder.is_dir():
+        shutil.rmtree(folder)
+        log.info("%s: removed the validation of the earlier weights (this run changes them)", folder)
 
 
 def _start_banner(
