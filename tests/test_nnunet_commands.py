@@ -70,3 +70,11 @@ def test_checkpoint_names_of_both_frameworks(given, meant):
 def test_trainer_names_cannot_be_paths(nnunet_roots, capsys):
     assert train_main(["7", "3d_fullres", "0", "-tr", "../x", *TINY]) == 2
     assert "-tr '../x'" in capsys.readouterr().err
+
+
+def test_num_parts_and_part_id_are_checked_in_one_line(nnunet_roots, tmp_path, capsys):
+    images = tmp_path / "in"
+    images.mkdir()
+    assert predict_main(["-i", str(images), "-o", str(tmp_path / "out"), "-num_parts", "2", "-part_id", "2"]) == 2
+    assert "0 <= part_id < num_parts" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from training_helpers import threshold_model
 
-from vessel_seg.errors import DatasetError
+from vessel_seg.errors import DatasetError, VesselSegError
 from vessel_seg.imageio import ImageGeometry, write_image
 from vessel_seg.inference.prediction_inputs import (
     PredictionOptions,
@@ -212,3 +212,24 @@ def test_masks_of_another_model_are_predicted_again_and_the_log_says_why(tmp_pat
     assert "predicted by another model or other settings (e.g. a): predicting them again" in caplog.text
     (tmp_path / "out" / ".vs_provenance.json").write_text("{not json")  # a damaged record: nothing is trusted
     assert list(predict_cases([changed], tmp_path / "in", tmp_path / "out", options)) == ["a"]
+
+
+def test_parts_split_the_cases_and_their_records_merge(tmp_path):
+    from vessel_seg.inference.prediction_inputs import case_share
+
+    for k, name in enumerate(("a", "b", "c")):
+        _image(tmp_path / "in" / f"{name}_0000.nii.gz", k)
+    done = {}
+    for part in (0, 1):  # as two processes (or torchrun ranks) would run them
+        options = PredictionOptions(use_tta=False, num_parts=2, part_id=part)
+        done[part] = sorted(predict_cases([threshold_model()], tmp_path / "in", tmp_path / "out", options))
+    assert done == {0: ["a", "c"], 1: ["b"]}
+    assert (tmp_path / "out" / ".vs_provenance.part0of2.json").is_file()
+    # one run over everything afterwards: every record of both parts is honoured
+    assert predict_cases([threshold_model()], tmp_path / "in", tmp_path / "out", PredictionOptions(use_tta=False)) == {}
+    assert case_share(None, None, {"WORLD_SIZE": "4", "RANK": "3"}) == (4, 3)  # torchrun
+    assert case_share(3, 1, {"WORLD_SIZE": "4", "RANK": "3"}) == (3, 1)  # flags win
+    assert case_share(None, None, {}) == (1, 0)
+    for bad in ((2, 2), (0, 0), (2, -1)):
+        with pytest.raises(VesselSegError, match="num_parts"):
+            case_share(*bad, {})

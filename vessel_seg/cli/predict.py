@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -59,19 +60,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--centerline", action="store_true",
                         help="also write the centerline graph CASE_centerline.json and CASE_centerline.vtp")
     parser.add_argument("--preview", action="store_true", help="also write a maximum-intensity preview CASE_preview.png")
+    parser.add_argument("-num_parts", "--num-parts", dest="num_parts", type=int, default=None,
+                        help="split the cases into this many parts (run each part in its own process/GPU); "
+                        "under torchrun: WORLD_SIZE")
+    parser.add_argument("-part_id", "--part-id", dest="part_id", type=int, default=None,
+                        help="which part this run predicts, 0 .. num_parts-1 (under torchrun: RANK)")
     return parser
 
 
 def _command(args: argparse.Namespace) -> int:
     import torch
 
-    from vessel_seg.inference.prediction_inputs import PredictionOptions, check_output_location, check_step_size
+    from vessel_seg.inference.prediction_inputs import (
+        PredictionOptions,
+        case_share,
+        check_output_location,
+        check_step_size,
+    )
     from vessel_seg.inference.prediction_run import predict_cases
     from vessel_seg.inference.predictor import load_trained_model
     from vessel_seg.inference.trained_models import choose_models, resolve_prediction_dataset
     from vessel_seg.model_folder import parse_fold
 
     step_size = check_step_size(args.step_size)
+    num_parts, part_id = case_share(args.num_parts, args.part_id)
+    device = args.device
+    if device == "auto" and num_parts > 1 and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"  # torchrun: one GPU per process
     if args.num_threads is not None:
         torch.set_num_threads(max(1, args.num_threads))
     if not args.input.exists():
@@ -83,12 +98,12 @@ def _command(args: argparse.Namespace) -> int:
     dataset = resolve_prediction_dataset(args.dataset)
     choice = choose_models(dataset, args.configuration, args.plans, args.trainer)
     models = [
-        load_trained_model(d, folds or choice.folds, args.checkpoint, args.device) for d in choice.model_dirs
+        load_trained_model(d, folds or choice.folds, args.checkpoint, device) for d in choice.model_dirs
     ]
     options = PredictionOptions(
         use_tta=not args.disable_tta, overwrite=args.overwrite, save_probabilities=args.save_probabilities,
         mesh=args.mesh, centerline=args.centerline, preview=args.preview, recipe=choice.recipe, step_size=step_size,
-        postprocess=not args.no_postprocessing,
+        postprocess=not args.no_postprocessing, num_parts=num_parts, part_id=part_id,
     )
     seconds = predict_cases(models, args.input, args.output, options)
     names = ", ".join(f"{m.name} (folds {' '.join(m.folds)})" for m in models)

@@ -78,6 +78,28 @@ class PredictionOptions:
     # The recipe's postprocessing, or without one the default debris removal
     # (postprocessing.remove_detached_debris); False: the network's mask as it is.
     postprocess: bool = True
+    # Scale-out as nnU-Net's -num_parts/-part_id: this run predicts cases part_id, part_id + num_parts, ...
+    # of the sorted case list (torchrun: WORLD_SIZE parts, this process's RANK; see case_share).
+    num_parts: int = 1
+    part_id: int = 0
+
+
+def case_share(num_parts: int | None, part_id: int | None, environ: dict | None = None) -> tuple[int, int]:
+    """``(num_parts, part_id)`` of this run: the flags, else torchrun's ``WORLD_SIZE``/``RANK``, else ``(1, 0)``.
+
+    One-line :class:`VesselSegError` for values that leave cases out or share none.
+    """
+    env = os.environ if environ is None else environ
+    if num_parts is None and part_id is None and int(env.get("WORLD_SIZE", "1") or 1) > 1:
+        num_parts, part_id = int(env["WORLD_SIZE"]), int(env.get("RANK", "0") or 0)
+    num_parts = 1 if num_parts is None else num_parts
+    part_id = 0 if part_id is None else part_id
+    if num_parts < 1 or not 0 <= part_id < num_parts:
+        raise VesselSegError(
+            f"-num_parts {num_parts} / -part_id {part_id}: need num_parts >= 1 and 0 <= part_id < num_parts "
+            "(run parts 0 .. num_parts-1 to cover every case)"
+        )
+    return num_parts, part_id
 
 
 def check_step_size(value: object) -> float:

@@ -237,9 +237,12 @@ def predict_cases(
     if len({tuple(m.label_values) for m in models}) > 1:
         raise VesselSegError(f"models {', '.join(m.name for m in models)} have different labels; they cannot be ensembled")
     cases = find_input_cases(input_path, models[0].info.num_channels)
+    if options.num_parts > 1:  # sorted by id, so every part sees the same list and takes its own share
+        cases = cases[options.part_id :: options.num_parts]
+        log.info("part %d of %d: %d case(s)", options.part_id, options.num_parts, len(cases))
     output_dir = Path(output_dir)
     check_outputs_spare_inputs(cases, output_dir, options)
-    provenance = ProvenanceLog(output_dir)
+    provenance = ProvenanceLog(output_dir, options.part_id, options.num_parts)
     identity = run_identity(models, options.use_tta, options.step_size, _postprocessing_name(options))
     todo = _cases_to_predict(cases, output_dir, options.overwrite, provenance, identity)
     check_inputs(models, todo)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -47,22 +48,48 @@ def run_identity(models: Sequence[Any], use_tta: bool, step_size: float, postpro
 
 
 class ProvenanceLog:
-    """The ``case id -> identity`` record of one output folder (a missing or damaged file reads as empty)."""
+    """The ``case id -> identity`` record of one output folder (missing or damaged files read as empty).
 
-    def __init__(self, output_dir: Path) -> None:
-        self.path = Path(output_dir) / PROVENANCE_FILE
+    Parallel parts of one run (``-num_parts``, torchrun) write one file each,
+    ``.vs_provenance.partKofN.json``, so no process overwrites another's record; reading merges all
+    files of the folder and keeps, per case, the newest record (each carries its time in ns).
+    """
+
+    def __init__(self, output_dir: Path, part_id: int = 0, num_parts: int = 1) -> None:
+        folder = Path(output_dir)
+        name = PROVENANCE_FILE if num_parts == 1 else f".vs_provenance.part{part_id}of{num_parts}.json"
+        self.path = folder / name
         self._lock = threading.Lock()
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            data = {}
-        self._cases = {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+        self._own: dict[str, list] = {}
+        self._cases: dict[str, tuple[int, str]] = {}
+        for path in sorted(folder.glob(".vs_provenance*.json")) if folder.is_dir() else []:
+            records = _read_records(path)
+            if path == self.path:
+                self._own = {case: [identity, ns] for case, (ns, identity) in records.items()}
+            for case, (ns, identity) in records.items():
+                if case not in self._cases or ns > self._cases[case][0]:
+                    self._cases[case] = (ns, identity)
 
     def made_by(self, case_id: str, identity: str) -> bool:
-        return self._cases.get(case_id) == identity
+        return case_id in self._cases and self._cases[case_id][1] == identity
 
     def record(self, case_id: str, identity: str) -> None:
         """Note that ``case_id``'s outputs now come from ``identity`` (atomic rewrite; writer threads allowed)."""
         with self._lock:
-            self._cases[case_id] = identity
-            write_text_atomic(self.path, json.dumps(self._cases, indent=1, sort_keys=True) + "\n")
+            ns = time.time_ns()
+            self._own[case_id] = [identity, ns]
+            self._cases[case_id] = (ns, identity)
+            write_text_atomic(self.path, json.dumps(self._own, indent=1, sort_keys=True) + "\n")
+
+
+def _read_records(path: Path) -> dict[str, tuple[int, str]]:
+    """``case -> (ns, identity)`` of one record file; anything unreadable or malformed counts as no record."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    records = {}
+    for case, value in data.items() if isinstance(data, dict) else []:
+        if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int):
+            records[str(case)] = (value[1], value[0])
+    return records
