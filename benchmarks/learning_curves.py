@@ -119,10 +119,6 @@ def _nnunet_epoch_seconds(timings: dict, epochs: int) -> list[float]:
     return totals
 
 
-def _ours_epoch_seconds(ctx: BenchmarkContext) -> list[float]:
-    return [r["epoch_seconds"] for r in _jsonl(_fold_dir(ctx, "ours") / "training_log.jsonl")]
-
-
 def evaluate_snapshot(ctx: BenchmarkContext, arm: str, epoch: int | None, tta: bool) -> dict:
     """Held-out Dice / clDice of one snapshot (``epoch`` None: the final weights), cached under ``work``."""
     tag = f"{arm}_{'final' if epoch is None else f'epoch{epoch:04d}'}_{'tta' if tta else 'notta'}"

@@ -158,6 +158,13 @@ def remove_stale_temporaries(folder: str | Path, older_than_s: float = STALE_AFT
     return removed
 
 
+def _nearest_existing(path: Path) -> Path:
+    """``path`` itself or its nearest ancestor that exists (what a later ``mkdir -p`` would start from)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 SPACE_MARGIN = 1.1  # the estimate plus 10 %
 
 
@@ -167,9 +174,7 @@ def check_free_space(folder: str | Path, needed_bytes: float, what: str) -> None
     ``folder`` need not exist yet (its nearest existing ancestor is asked). Called before long
     writing runs (preprocessing, prediction) so that they fail at once, not after an hour.
     """
-    probe = Path(folder)
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
+    probe = _nearest_existing(Path(folder))
     try:
         free = shutil.disk_usage(probe).free
     except OSError:  # an exotic filesystem that cannot tell: let the writes find out
@@ -188,9 +193,7 @@ def check_writable_location(folder: str | Path, fix: str = "choose another locat
     behind when a later check fails.
     """
     folder = Path(folder)
-    probe = folder
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
+    probe = _nearest_existing(folder)
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
         raise OutputWriteError(f"{folder}: output folder is not writable ({probe} is not a writable folder); {fix}")
     return folder

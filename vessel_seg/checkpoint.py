@@ -25,14 +25,15 @@ log = logging.getLogger(__name__)
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Write ``state`` atomically to ``path``; a full disk or a forbidden folder is a one-line :class:`CheckpointError`.
 
-    torch reports a failed write of its zip stream as ``RuntimeError`` (or ``OSError`` from the file
-    handle); the temporary is removed either way, so the previous checkpoint stays intact.
+    torch reports a failed write of its zip stream as ``RuntimeError``; an ``OSError`` of the file
+    handle already becomes an ``OutputWriteError`` in :func:`~vessel_seg.atomic.atomic_path`. The
+    temporary is removed either way, so the previous checkpoint stays intact.
     """
     try:
         with atomic_open(path) as handle:
             torch.save(state, handle)
-    except (OSError, RuntimeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0][:160]
+    except RuntimeError as exc:
+        reason = str(exc).splitlines()[0][:160]
         raise CheckpointError(
             f"{path}: cannot write the checkpoint ({reason}); free disk space or fix permissions, then resume with "
             "--continue (the previous checkpoint is kept)"

@@ -89,13 +89,12 @@ def _squeeze_itk_info(reader: sitk.ImageFileReader) -> tuple:
 QFORM_SFORM_TOLERANCE_MM = 1e-3
 
 
-def _check_nifti_transforms(path: Path) -> None:
+def _check_nifti_transforms(header: nib.Nifti1Header) -> None:
     """Raise ``ValueError`` when a NIfTI header's qform and sform both apply but place the voxels differently.
 
     ITK (hence the mask we write) uses one of them and writes it into both, while tools that read the
     other would put the mask elsewhere than the image. Such a header is refused, not silently resolved.
     """
-    header = nib.load(str(path)).header
     if not isinstance(header, nib.Nifti1Header) or header["qform_code"] <= 0 or header["sform_code"] <= 0:
         return
     qform, sform = header.get_qform(), header.get_sform()
@@ -111,10 +110,13 @@ def _check_nifti_transforms(path: Path) -> None:
         )
 
 
-def _header_geometry(path: Path) -> tuple[ImageGeometry, int]:
-    """Geometry and dimension from the file header alone (SimpleITK reads no voxels here)."""
+def _header_geometry(path: Path, nifti: nib.Nifti1Image | None = None) -> tuple[ImageGeometry, int]:
+    """Geometry and dimension from the file header alone (SimpleITK reads no voxels here).
+
+    ``nifti``: the file already opened by nibabel (lazy: header only), so its header is not read twice.
+    """
     if path.name.lower().endswith((".nii", ".nii.gz")):
-        _check_nifti_transforms(path)
+        _check_nifti_transforms((nifti if nifti is not None else nib.load(str(path))).header)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
@@ -172,8 +174,9 @@ def read_geometry(path: str | Path) -> ImageGeometry:
 
 
 def _read_nifti(path: Path) -> tuple[np.ndarray, ImageGeometry]:
-    geometry, dim = _header_geometry(path)
-    data = np.asanyarray(nib.load(str(path)).dataobj)
+    image = nib.load(str(path))
+    geometry, dim = _header_geometry(path, image)
+    data = np.asanyarray(image.dataobj)
     data = data.reshape(data.shape[:dim]).T  # nibabel indexes (i, j, k); arrays here are (k, j, i)
     return np.ascontiguousarray(data.reshape(geometry.shape)), geometry
 

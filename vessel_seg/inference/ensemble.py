@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from vessel_seg.atomic import atomic_open
-from vessel_seg.errors import ImageReadError, ImageWriteError, VesselSegError
+from vessel_seg.errors import ImageReadError, VesselSegError
 from vessel_seg.imageio import ImageGeometry, write_image
 
 log = logging.getLogger(__name__)
@@ -55,17 +55,14 @@ def save_probabilities(
     path = Path(path)
     if probabilities.shape[0] != len(label_values) or tuple(probabilities.shape[1:]) != tuple(geometry.shape):
         raise ValueError(f"probabilities {probabilities.shape} do not match {len(label_values)} classes x {geometry.shape}")
-    try:
-        with atomic_open(path) as handle:
-            np.savez_compressed(
-                handle,
-                probabilities=probabilities.astype(np.float16, copy=False),
-                label_values=np.asarray(label_values, dtype=np.int64),
-                geometry=np.asarray(json.dumps(geometry.to_dict())),
-                file_ending=np.asarray(file_ending),
-            )
-    except OSError as exc:
-        raise ImageWriteError(f"{path}: cannot write probabilities ({exc.strerror or exc}); check space and permissions") from exc
+    with atomic_open(path) as handle:  # a full disk: OutputWriteError naming the path, no partial file
+        np.savez_compressed(
+            handle,
+            probabilities=probabilities.astype(np.float16, copy=False),
+            label_values=np.asarray(label_values, dtype=np.int64),
+            geometry=np.asarray(json.dumps(geometry.to_dict())),
+            file_ending=np.asarray(file_ending),
+        )
     return path
 
 

@@ -26,7 +26,6 @@ from vessel_seg.imageio import (
     ImageGeometry,
     image_extension,
     read_dicom_series,
-    read_geometry,
     read_image,
     strip_extension,
 )
@@ -176,22 +175,27 @@ def find_input_cases(path: str | Path, num_channels: int) -> list[InputCase]:
     return cases
 
 
-def check_inputs(models: Sequence[TrainedModel], cases: Sequence[InputCase]) -> None:
-    """Header checks of every case against the models before any prediction (see ``input_checks``)."""
+def check_inputs(models: Sequence[TrainedModel], cases: Sequence[InputCase]) -> dict[str, ImageGeometry]:
+    """Header checks of every case against the models before any prediction (see ``input_checks``).
+
+    Returns the geometry of each checked file case (DICOM series are read later), so that callers
+    size the run without reading the headers again.
+    """
     model_dims = {m.name: m.config.dim for m in models}
     num_channels = models[0].info.num_channels
+    geometries = {}
     for case in cases:
         check_channel_files(case.case_id, case.files, num_channels, models[0].name)
         if not case.dicom:
-            geometry = check_case_headers(case.files, model_dims)
+            geometries[case.case_id] = geometry = check_case_headers(case.files, model_dims)
             check_resampling(case.files[0], geometry, models)
+    return geometries
 
 
-def largest_case_output_bytes(cases: Sequence[InputCase], num_classes: int, options: PredictionOptions) -> float:
+def largest_case_output_bytes(geometries: Sequence[ImageGeometry], num_classes: int, options: PredictionOptions) -> float:
     """Upper bound of what one case writes (uint8 mask, float16 probabilities), uncompressed; cases go one at a time."""
     per_voxel = 1 + (2 * num_classes if options.save_probabilities else 0)
-    sizes = [float(np.prod(read_geometry(c.files[0]).shape)) for c in cases if not c.dicom]
-    return max(sizes, default=0.0) * per_voxel
+    return max((float(np.prod(g.shape)) for g in geometries), default=0.0) * per_voxel
 
 
 def check_resampling(path: Path, geometry: ImageGeometry, models: Sequence[TrainedModel]) -> None:

@@ -245,8 +245,9 @@ def predict_cases(
     provenance = ProvenanceLog(output_dir, options.part_id, options.num_parts)
     identity = run_identity(models, options.use_tta, options.step_size, _postprocessing_name(options))
     todo = _cases_to_predict(cases, output_dir, options.overwrite, provenance, identity)
-    check_inputs(models, todo)
-    check_free_space(output_dir, largest_case_output_bytes(todo, len(models[0].label_values), options), "prediction")
+    geometries = check_inputs(models, todo)
+    needed = largest_case_output_bytes(list(geometries.values()), len(models[0].label_values), options)
+    check_free_space(output_dir, needed, "prediction")
     output_dir = ensure_writable(output_dir)  # created only once every check has passed
     remove_stale_temporaries(output_dir)
     overlap = options.overlap_io if options.overlap_io is not None else any(m.device.type != "cpu" for m in models)
