@@ -12,7 +12,9 @@ spacing, stages, features, kernels and strides** (ours ``-pl cpu`` 3d_fullres):
 
 - ``ours``: ``vs_train ... all -pl cpu`` (the ResU-Net of bottleneck residual blocks, defaults);
 - ``nnunet``: ``nnUNetTrainer`` with PlainConvUNet (nnU-Net's default network) on configuration ``3d_vs``;
-- ``nnunet_resenc``: ``nnUNetTrainer`` with the ResEnc-M preset's ResidualEncoderUNet on ``3d_vs_resenc``.
+- ``nnunet_resenc``: ``nnUNetTrainer`` with the ResEnc-M preset's ResidualEncoderUNet on ``3d_vs_resenc``;
+- ``ours+LOSS``: ours trained with ``--loss LOSS`` (run folder ``vsTrainer_LOSS``), so that losses are
+  compared on one dataset and one preprocessing, e.g. ``--arms ours,ours+dice_ce_skeleton_recall``.
 
 All train on every training case (fold ``all``) for ``--epochs`` x ``--iterations`` with the same
 poly schedule, keep a snapshot every ``--snapshot-every`` epochs, and every snapshot segments the
@@ -22,7 +24,11 @@ arm's own per-epoch log: the same definition for all arms, start-up excluded. On
 per-iteration times are noisy; equal-iteration numbers are not. Steps are resumable: a finished
 training or evaluation is reused when ``--work`` already holds it.
 
-Writes ``<out>/<YYYY-MM-DD>-<host>-curves.{json,md}``.
+``--final-postprocessed`` also scores every ours arm's final weights as a user gets them: plain
+``vs_predict`` (mirroring TTA and the default postprocessing). Every score has Dice, clDice, mean
+connected components per case and Betti-0 error.
+
+Writes ``<out>/<YYYY-MM-DD>-<host>-curves.{json,md}`` (``--name`` replaces ``curves``).
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from vessel_seg.evaluation.evaluate import evaluate_folders  # noqa: E402
 
 ARMS = ("ours", "nnunet", "nnunet_resenc")
 OURS_PLANS = "cpu"
+OURS_TRAINER = "vsTrainer"
 SAMPLE_S = 2.0  # memory sampling of the training trees: rare, it costs CPU the arms would otherwise get
 NNUNET_CONFIGURATIONS = {"nnunet": "3d_vs", "nnunet_resenc": "3d_vs_resenc"}
 
@@ -70,9 +77,22 @@ def _done_marker(ctx: BenchmarkContext, arm: str) -> Path:
     return ctx.work / "timings" / f"curve_{arm}.done.json"
 
 
-def _fold_dir(ctx: BenchmarkContext, arm: str) -> Path:
+def is_ours(arm: str) -> bool:
+    return arm == "ours" or arm.startswith("ours+")
+
+
+def ours_loss_flags(arm: str) -> list[str]:
+    """vs_train/vs_predict flags of an ours arm: ``ours+LOSS`` trains with ``--loss LOSS`` in its own run folder."""
     if arm == "ours":
-        return ctx.work / "vs_results" / ctx.dataset / f"vsTrainer__{OURS_PLANS}__3d_fullres" / "fold_all"
+        return []
+    loss = arm.removeprefix("ours+")
+    return ["-tr", f"{OURS_TRAINER}_{loss}"]
+
+
+def _fold_dir(ctx: BenchmarkContext, arm: str) -> Path:
+    if is_ours(arm):
+        trainer = OURS_TRAINER if arm == "ours" else f"{OURS_TRAINER}_{arm.removeprefix('ours+')}"
+        return ctx.work / "vs_results" / ctx.dataset / f"{trainer}__{OURS_PLANS}__3d_fullres" / "fold_all"
     return ctx.work / "nnUNet_results" / ctx.dataset / f"nnUNetTrainer__nnUNetPlans__{NNUNET_CONFIGURATIONS[arm]}" / "fold_all"
 
 
@@ -84,11 +104,13 @@ def train_arm(ctx: BenchmarkContext, arm: str, budget: Budget) -> dict:
     shutil.rmtree(_fold_dir(ctx, arm), ignore_errors=True)
     timings = ctx.work / "timings" / f"curve_{arm}.json"
     common = ["--epochs", str(budget.epochs)]
-    if arm == "ours":
+    if is_ours(arm):
+        loss = [] if arm == "ours" else ["--loss", arm.removeprefix("ours+")]
         command = [sys.executable, "-m", "vessel_seg.cli.train", str(ctx.dataset_id), "3d_fullres", "all",
                    "-pl", OURS_PLANS, *common, "--iterations-per-epoch", str(budget.iterations),
                    "--val-iterations", str(budget.val_iterations), "--snapshot-every", str(budget.snapshot_every),
-                   "--num-workers", str(ctx.num_processes), "--no-final-validation", *budget.ours_train_args]
+                   "--num-workers", str(ctx.num_processes), "--no-final-validation", *budget.ours_train_args,
+                   *ours_loss_flags(arm), *loss]
         m = measure(ctx, f"curve_{arm}", "vessel_seg", "curves", command, ctx.ours_env(), interval_s=SAMPLE_S)
         epoch_s = [r["epoch_seconds"] for r in _jsonl(_fold_dir(ctx, arm) / "training_log.jsonl")]
     else:
@@ -119,9 +141,14 @@ def _nnunet_epoch_seconds(timings: dict, epochs: int) -> list[float]:
     return totals
 
 
-def evaluate_snapshot(ctx: BenchmarkContext, arm: str, epoch: int | None, tta: bool) -> dict:
-    """Held-out Dice / clDice of one snapshot (``epoch`` None: the final weights), cached under ``work``."""
+def evaluate_snapshot(ctx: BenchmarkContext, arm: str, epoch: int | None, tta: bool, postprocess: bool = False) -> dict:
+    """Held-out Dice / clDice / components / Betti-0 error of one snapshot (``epoch`` None: the final weights).
+
+    ``postprocess`` (ours only): vs_predict's own postprocessing, as a user gets it; otherwise the network
+    alone. Cached under ``work``.
+    """
     tag = f"{arm}_{'final' if epoch is None else f'epoch{epoch:04d}'}_{'tta' if tta else 'notta'}"
+    tag += "_postprocessed" if postprocess else ""
     cache = ctx.work / "timings" / f"curve_eval_{tag}.json"
     if cache.is_file():
         return json.loads(cache.read_text())
@@ -129,11 +156,12 @@ def evaluate_snapshot(ctx: BenchmarkContext, arm: str, epoch: int | None, tta: b
     output = ctx.work / "predictions" / tag
     shutil.rmtree(output, ignore_errors=True)
     flags = [] if tta else ["--disable-tta"]
-    if arm == "ours":
+    if is_ours(arm):
         checkpoint = "final" if epoch is None else f"epoch{epoch:04d}"
         command = [sys.executable, "-m", "vessel_seg.cli.predict", "-i", str(raw / "imagesTs"), "-o", str(output),
                    "-d", str(ctx.dataset_id), "-c", "3d_fullres", "-pl", OURS_PLANS, "-f", "all",
-                   "--checkpoint", checkpoint, "--device", "cpu", "--no-postprocessing", *flags]
+                   "--checkpoint", checkpoint, "--device", "cpu", *ours_loss_flags(arm), *flags]
+        command += [] if postprocess else ["--no-postprocessing"]
         env = ctx.ours_env()  # the network alone, as nnU-Net's prediction (its postprocessing is a separate step)
     else:
         checkpoint = "checkpoint_final.pth" if epoch is None else f"checkpoint_epoch{epoch:04d}.pth"
@@ -144,8 +172,9 @@ def evaluate_snapshot(ctx: BenchmarkContext, arm: str, epoch: int | None, tta: b
     log = ctx.work / "logs" / f"curve_predict_{tag}.log"
     run_unmeasured(command, env, log, f"held-out prediction {tag}")
     result = evaluate_folders(raw / "labelsTs", output)
-    point = {"arm": arm, "epoch": epoch, "tta": tta, "dice": round(result.mean("dice"), 4),
-             "cldice": round(result.mean("cldice"), 4)}
+    point = {"arm": arm, "epoch": epoch, "tta": tta, "postprocessed": postprocess, "dice": round(result.mean("dice"), 4),
+             "cldice": round(result.mean("cldice"), 4), "components": round(result.mean("components_pred"), 2),
+             "betti0_error": round(result.mean("betti0_error"), 2)}
     write_text_atomic(cache, json.dumps(point) + "\n")
     return point
 
@@ -180,10 +209,25 @@ def value_at_time(points: list[dict], seconds: float, key: str = "dice") -> floa
     return reached[-1][key] if reached else None
 
 
-def render(result: dict) -> str:
-    arms = [a for a in ARMS if a in result["curves"]]
-    names = {"ours": "vessel_seg (ResU-Net, bottleneck blocks)", "nnunet": "nnU-Net v2 PlainConvUNet",
+ARM_NAMES = {"ours": "vessel_seg (ResU-Net, bottleneck blocks)", "nnunet": "nnU-Net v2 PlainConvUNet",
              "nnunet_resenc": "nnU-Net v2 ResEnc-M"}
+
+
+def arm_name(arm: str) -> str:
+    return ARM_NAMES.get(arm) or f"vessel_seg --loss {arm.removeprefix('ours+')}"
+
+
+def _final_rows(points: list[dict]) -> list[str]:
+    lines = ["| arm | Dice | clDice | components / case | Betti-0 error |", "|---|---|---|---|---|"]
+    for p in points:
+        lines.append(f"| {arm_name(p['arm'])} | {p['dice']:.3f} | {p['cldice']:.3f} | {p.get('components', float('nan')):.1f} | "
+                     f"{p.get('betti0_error', float('nan')):.1f} |")
+    return lines
+
+
+def render(result: dict) -> str:
+    arms = list(result["curves"])
+    names = {a: arm_name(a) for a in arms}
     lines = [f"# Held-out learning curves ({result['date']}, {result['host']})", "",
              f"{result['cases']} training + {result['test_cases']} held-out synthetic cases of {result['size']}^3 "
              f"(seed {result['seed']}); every arm: patch {result['plan']['patch_size']}, batch {result['plan']['batch_size']}, "
@@ -198,17 +242,19 @@ def render(result: dict) -> str:
     lines += ["", "## Training seconds per iteration (median epoch, data wait + step)", "",
               "| " + " | ".join(names[a] for a in arms) + " |", "|" + "---|" * len(arms),
               "| " + " | ".join(f"{result['s_per_iteration'][a]:.3f}" for a in arms) + " |"]
-    if "ours" in arms and len(arms) > 1:
+    if "ours" in arms and any(not is_ours(a) for a in arms):
         lines += ["", "## Equal wall time (ours at the training seconds each nnU-Net snapshot took)", "",
                   "| arm | iterations | training s | its Dice | ours Dice at that time |", "|---|---|---|---|---|"]
-        for arm in arms[1:]:
+        for arm in (a for a in arms if not is_ours(a)):
             for p in result["curves"][arm]:
                 ours = value_at_time(result["curves"]["ours"], p["train_s"])
                 lines.append(f"| {names[arm]} | {p['iterations']} | {p['train_s']:.0f} | {p['dice']:.3f} | "
                              f"{'-' if ours is None else f'{ours:.3f}'} |")
     if result.get("final_tta"):
-        lines += ["", "## Final weights with mirroring TTA", "", "| arm | Dice | clDice |", "|---|---|---|"]
-        lines += [f"| {names[p['arm']]} | {p['dice']:.3f} | {p['cldice']:.3f} |" for p in result["final_tta"]]
+        lines += ["", "## Final weights with mirroring TTA, network alone", "", *_final_rows(result["final_tta"])]
+    if result.get("final_postprocessed"):
+        lines += ["", "## Final weights as plain vs_predict gives them (TTA + default postprocessing)", "",
+                  *_final_rows(result["final_postprocessed"])]
     return "\n".join(lines) + "\n"
 
 
@@ -219,10 +265,10 @@ def _median(values: list[float]) -> float:
 
 def run(args: argparse.Namespace) -> dict:
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
-    if not arms or set(arms) - set(ARMS):
-        raise VesselSegError(f"--arms {args.arms!r}: use a comma-separated subset of {','.join(ARMS)}")
+    if not arms or any(a not in ARMS and not (a.startswith("ours+") and len(a) > 5) for a in arms):
+        raise VesselSegError(f"--arms {args.arms!r}: use a comma-separated subset of {','.join(ARMS)} or ours+LOSS")
     nn_python, nn_command = None, None
-    if any(a != "ours" for a in arms):
+    if any(not is_ours(a) for a in arms):
         nn_python, nn_command = nnunet_command(args.nnunet_python)
     ctx = BenchmarkContext(work=args.work.resolve(), dataset_id=args.dataset_id, num_processes=args.num_processes,
                            ours_command=ours_command(), nnunet_command=nn_command, nnunet_python=nn_python)
@@ -249,6 +295,8 @@ def run(args: argparse.Namespace) -> dict:
         result["curves"][arm] = arm_curve(ctx, arm, budget, trained)
     if args.final_tta:
         result["final_tta"] = [evaluate_snapshot(ctx, arm, None, tta=True) for arm in arms]
+    if args.final_postprocessed:
+        result["final_postprocessed"] = [evaluate_snapshot(ctx, arm, None, True, postprocess=True) for arm in arms if is_ours(arm)]
     return result
 
 
@@ -269,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ours-train-args", default="",
                         help="extra vs_train flags for the ours arm, e.g. '--optimizer sgd' (use a fresh --work)")
     parser.add_argument("--final-tta", action="store_true", help="also score the final weights with mirroring TTA")
+    parser.add_argument("--final-postprocessed", action="store_true",
+                        help="also score ours' final weights as plain vs_predict gives them (TTA + default postprocessing)")
+    parser.add_argument("--name", default="curves", help="result file name part: <date>-<host>-<name>.{json,md}")
     parser.add_argument("--nnunet-python", help="interpreter of an environment with nnunetv2")
     parser.add_argument("--work", type=Path, default=HERE / "work" / "curves")
     parser.add_argument("--out", type=Path, default=HERE / "results")
@@ -285,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"learning_curves: {exc}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"{result['date']}-{result['host']}-curves"
+    stem = args.out / f"{result['date']}-{result['host']}-{args.name}"
     write_text_atomic(stem.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
     text = render(result)
     write_text_atomic(stem.with_suffix(".md"), text)

@@ -279,3 +279,23 @@ def test_run_overlapped_stores_and_raises_as_the_sequential_run(fail):
         outcomes.append((stored, str(info.value)))
         assert threads <= {threading.main_thread().name}  # compute stays in the calling thread
     assert outcomes[0] == outcomes[1]
+
+
+def test_a_normalisation_registered_from_a_test_runs_on_both_paths_and_unknown_names_fail_in_one_line():
+    from vessel_seg.errors import PlansError
+    from vessel_seg.planners.normalization import NORMALIZATIONS, register_normalization
+
+    def log_compress(channel, stats):  # a per-image scheme of a plugin, no torch twin
+        np.log1p(np.maximum(channel, 0), out=channel)
+
+    register_normalization("log_zscore_test", uses_dataset_statistics=False, transform=log_compress)
+    try:
+        image = np.random.default_rng(1).gamma(2.0, 50.0, size=(1, 4, 16, 16)).astype(np.float32)
+        expected = normalize(image, ["log_zscore_test"], {})
+        got = normalize_on_device(torch.from_numpy(image.copy()), ["log_zscore_test"], {}).numpy()
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+        assert abs(float(expected.mean())) < 1e-4 and np.allclose(np.log1p(image).argsort(None), expected.argsort(None))
+    finally:
+        NORMALIZATIONS.remove("log_zscore_test")
+    with pytest.raises(PlansError, match="unknown normalisation scheme 'log_zscore_test'.*VS_PLUGINS"):
+        normalize(image, ["log_zscore_test"], {})

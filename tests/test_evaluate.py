@@ -113,6 +113,11 @@ def test_cli_writes_reports_and_prints_table(folders, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "dice" in printed and "cldice" in printed and "3 cases" in printed
     assert (out / "metrics.csv").is_file() and (out / "summary.json").is_file()
+    markdown = (out / "summary.md").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    dice = summary["metrics"]["1"]["dice"]["mean"]
+    assert "| dice | higher | " + f"{dice:.4f}" in markdown and "| hd95_mm | lower |" in markdown
+    assert (out / "metrics_boxplot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Default output folder: the prediction folder.
     assert main(["-ref", str(ref_dir), "-pred", str(pred_dir)]) == 0
     assert (pred_dir / "summary.json").is_file()

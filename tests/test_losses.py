@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from vessel_seg.trainers.losses import (
-    LOSS_NAMES,
     CenterlineWeightedCELoss,
     DeepSupervisionLoss,
     DiceCELoss,
@@ -17,8 +17,21 @@ from vessel_seg.trainers.losses import (
     centerline_weights,
     deep_supervision_weights,
     downsample_target,
+    loss_entry,
+    loss_names,
 )
 from vessel_seg.trainers.losses_topology import soft_dilate, soft_erode, soft_skeleton
+from vessel_seg.trainers.skeleton_target import SkeletonTarget
+
+LOSS_NAMES = ("dice_ce", "dice_ce_cldice", "dice_ce_center", "dice_ce_skeleton_recall")
+
+
+def target_for(name: str, labels: torch.Tensor) -> torch.Tensor:
+    """``labels`` (B, 1, *S) with the skeleton channel appended when the loss ``name`` reads it (as the pipeline does)."""
+    if not loss_entry(name).needs_skeleton:
+        return labels
+    batch = SkeletonTarget()(target=labels.numpy().astype(np.uint8))
+    return torch.from_numpy(batch["target"]).long()
 
 
 def tube(shape=(16, 16, 32), radius=3.5) -> torch.Tensor:
@@ -46,8 +59,8 @@ def remove(mask: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
 
 def test_perfect_prediction_is_the_minimum_zero_in_2d_and_3d():
     for mask in (tube(), disk_2d()):
-        target = mask.long()[None, None]
         for name in LOSS_NAMES:
+            target = target_for(name, mask.long()[None, None])
             loss = build_loss(name, deep_supervision=False)
             assert loss(confident_logits(mask), target).item() == pytest.approx(0.0, abs=1e-4), name
             assert loss(confident_logits(~mask), target).item() > 0.5, name
@@ -177,7 +190,8 @@ def test_gradients_are_finite_in_2d_and_3d_even_without_vessels(name):
     torch.manual_seed(0)
     loss = build_loss(name, deep_supervision=True, num_outputs=2, batch_dice=True)
     for spatial in ((16, 16), (8, 16, 16)):
-        for target in (torch.randint(0, 2, (2, 1, *spatial)), torch.zeros(2, 1, *spatial, dtype=torch.long)):
+        for labels in (torch.randint(0, 2, (2, 1, *spatial)), torch.zeros(2, 1, *spatial, dtype=torch.long)):
+            target = target_for(name, labels)
             full = torch.randn(2, 2, *spatial, requires_grad=True)
             half = torch.randn(2, 2, *(s // 2 for s in spatial), requires_grad=True)
             value = loss([full, half], target)
@@ -191,12 +205,17 @@ def test_losses_run_in_float32_under_bf16_autocast():
     logits = torch.randn(1, 2, 8, 16, 16)
     for name in LOSS_NAMES:
         loss = build_loss(name, deep_supervision=False)
+        target = target_for(name, mask.long()[None, None])
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            value = loss(logits.bfloat16(), mask.long()[None])
+            value = loss(logits.bfloat16(), target)
         assert value.dtype == torch.float32
-        torch.testing.assert_close(value, loss(logits.bfloat16().float(), mask.long()[None]))
+        torch.testing.assert_close(value, loss(logits.bfloat16().float(), target))
 
 
 def test_unknown_loss_name_lists_the_choices():
-    with pytest.raises(ValueError, match="dice_ce, dice_ce_cldice, dice_ce_center"):
+    with pytest.raises(ValueError, match="dice_ce, dice_ce_cldice, dice_ce_center, dice_ce_skeleton_recall"):
         build_loss("focal", deep_supervision=False)
+    with pytest.raises(ValueError, match="unexpected keyword"):
+        build_loss("dice_ce", deep_supervision=False, cldice_alhpa=0.3)
+    assert set(LOSS_NAMES) <= set(loss_names())
+

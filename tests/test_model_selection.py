@@ -125,7 +125,8 @@ def test_cli(data_roots, capsys):
     assert "no trained model folder" in capsys.readouterr().err
     _write_model(data_roots, "3d_fullres", _thinned, folds=(0,))
     assert cli_main(["123", "-c", "3d_fullres", "-f", "0", "1"]) == 2
-    assert "no configuration has validation predictions" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no configuration has validation predictions" in err and "rank what is validated: -f 0" in err
     assert cli_main(["123", "-c", "3d_fullres", "-f", "0"]) == 0
     assert "3d_fullres" in capsys.readouterr().out
     assert load_recipe(NAME).postprocessing.is_identity

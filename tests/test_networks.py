@@ -232,3 +232,34 @@ def test_input_not_divisible_by_strides_is_rejected():
     net = build_network(ANISO, 1, 2)
     with pytest.raises(ValueError, match="divisible"):
         net(torch.randn(1, 1, 4, 16, 18))
+
+
+def test_a_network_registered_from_a_test_builds_from_plans_and_unknown_classes_fail_in_one_line():
+    import dataclasses
+
+    from torch import nn
+
+    from vessel_seg.errors import PlansError
+    from vessel_seg.networks.registry import NETWORKS, register_network
+
+    class TinyNet(nn.Module):
+        deep_supervision, num_outputs, divisibility = False, 1, [1, 1, 1]
+
+        def __init__(self, in_channels, num_classes):
+            super().__init__()
+            self.conv = nn.Conv3d(in_channels, num_classes, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(x)
+
+    register_network("TinyNetForTest")(lambda topology, c_in, classes: TinyNet(c_in, classes))
+    try:
+        tiny = dataclasses.replace(topology(3, [4, 8]), network_class="TinyNetForTest")
+        net = build_network(tiny, 1, 3)
+        assert isinstance(net, TinyNet) and net(torch.zeros(1, 1, 8, 8, 8)).shape == (1, 3, 8, 8, 8)
+        with pytest.raises(ValueError, match="already registered"):
+            register_network("TinyNetForTest")(lambda *a: None)
+    finally:
+        NETWORKS.remove("TinyNetForTest")
+    with pytest.raises(PlansError, match="'TinyNetForTest', which is not registered .*ResUNet.*VS_PLUGINS"):
+        build_network(tiny, 1, 3)

@@ -51,6 +51,27 @@ def test_nnunet_command_lines_run_unchanged_but_for_the_names(nnunet_roots, tmp_
     (mask,) = out.glob("*.nii.gz")
     image = next(images.glob("*_0000.nii.gz"))
     assert read_array(mask)[1].mismatch(read_array(image)[1]) is None
+    # nnUNetv2_train 7 3d_fullres 0 --val: only the final validation of the trained fold
+    assert not (fold / "validation").exists()  # trained with --no-final-validation
+    assert train_main(["7", "3d_fullres", "0", "-tr", "vsTrainerShort", "--val", "--num-workers", "0"]) == 0
+    assert (fold / "validation" / "summary.json").is_file() and "--val" in (fold / "training_log.txt").read_text()
+    # nnUNetv2_predict_from_modelfolder -i ... -o ... -m MODEL_FOLDER -f 0
+    by_folder = tmp_path / "pred_m"
+    assert predict_main(["-i", str(images), "-o", str(by_folder), "-m", str(fold.parent), "-f", "0", "-chk",
+                         "checkpoint_best.pth", "--disable_tta", "--threads", "2", "--device", "cpu"]) == 0
+    assert (read_array(next(by_folder.glob("*.nii.gz")))[0] == read_array(mask)[0]).all()
+
+
+def test_val_without_a_trained_fold_and_m_with_d_fail_in_one_line(nnunet_roots, tmp_path, capsys):
+    generate_dataset(9, 2, num_test_cases=0, size=32, seed=5)
+    assert plan_main(["-d", "9", "-pl", "cpu", "-np", "1"]) == 0
+    assert train_main(["9", "3d_fullres", "1", "--val"]) == 2
+    assert "checkpoint_final.pt: no such checkpoint; train this fold first" in capsys.readouterr().err
+    args = ["-i", str(tmp_path), "-o", str(tmp_path / "o")]
+    assert predict_main([*args, "-m", str(tmp_path), "-d", "9"]) == 2
+    assert "-m names the model folders itself; drop -d" in capsys.readouterr().err
+    assert predict_main([*args, "-m", str(tmp_path)]) == 2
+    assert "not a trained model folder" in capsys.readouterr().err
 
 
 def test_ambiguous_plans_need_a_name(nnunet_roots, capsys):

@@ -212,3 +212,24 @@ def test_cost_model_scales_with_batch():
     assert g2 == pytest.approx(2 * g1)
     m1, m2, m4 = (estimate_memory_gb(t, [64] * 3, b, 1, 2) for b in (1, 2, 4))
     assert m1 < m2 < m4 and m4 - m2 == pytest.approx(2 * (m2 - m1))
+
+
+def test_a_preset_registered_from_a_test_plans_its_network_class_and_is_found_by_plans_name():
+    import dataclasses
+
+    from vessel_seg.planners.pipeline import preset_for
+    from vessel_seg.planners.planner import PRESETS, register_preset
+
+    tiny = dataclasses.replace(PRESETS.get("cpu"), base_features=8, max_features_3d=32, network_class="OtherNet")
+    register_preset("tinytest", tiny)
+    try:
+        plans = plan_experiment(fingerprint([96] * 3, [1.0] * 3), CT, "D", preset="tinytest")
+        network = plans.configuration("3d_fullres").network
+        assert network.network_class == "OtherNet" and network.features_per_stage[0] == 8
+        assert max(network.features_per_stage) <= 32
+        assert preset_for("tinytest", None) == "tinytest" and preset_for("vs_plans", None) == "gpu"
+        assert preset_for("cpu", None) == "cpu" and preset_for("tinytest", "gpu") == "gpu"
+        with pytest.raises(ValueError, match="already registered"):
+            register_preset("tinytest", tiny)
+    finally:
+        PRESETS.remove("tinytest")

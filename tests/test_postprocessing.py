@@ -116,3 +116,42 @@ def test_default_debris_removal_takes_small_far_pieces_only():
     assert out[5, 5, 5] == 0 and out[20, 23, 10] == 1
     single = np.zeros((8, 8, 8), np.uint8)
     assert remove_detached_debris(single, (1.0, 1.0, 1.0))[1].components_before == 0
+
+
+def _line_tube(shape, centre_zy, x_range, radius=1.5) -> np.ndarray:
+    z, y, x = np.indices(shape)
+    return ((z - centre_zy[0]) ** 2 + (y - centre_zy[1]) ** 2 <= radius**2) & (x >= x_range[0]) & (x < x_range[1])
+
+
+def test_bridging_follows_the_vessel_direction_but_never_joins_a_parallel_vessel():
+    shape = (16, 24, 48)
+    unsure = np.full(shape, 0.45, dtype=np.float32)  # the network hesitated everywhere: only direction decides
+    main = _line_tube(shape, (8, 6), (0, 48))  # long vessel along x
+    beside = _line_tube(shape, (8, 11), (12, 36))  # a piece running beside it, 2 background voxels away
+    seg = (main | beside).astype(np.uint8)
+    assert _components(seg) == 2
+    np.testing.assert_array_equal(bridge_gaps(seg, unsure, (1.0, 1.0, 1.0), max_gap_mm=3.0), seg)
+    # Without direction, the cheapest path crosses sideways: what direction-awareness prevents.
+    sideways = bridge_gaps(seg, unsure, (1.0, 1.0, 1.0), max_gap_mm=3.0, max_angle_deg=None)
+    assert _components(sideways) == 1
+    # The same gap width along the piece's own axis is bridged: a broken vessel continues.
+    broken = (_line_tube(shape, (8, 11), (0, 22)) | _line_tube(shape, (8, 11), (25, 48))).astype(np.uint8)
+    joined = bridge_gaps(broken, unsure, (1.0, 1.0, 1.0), max_gap_mm=3.0)
+    added = (joined > 0) & (broken == 0)
+    assert _components(joined) == 1 and added.any() and np.all(np.argwhere(added)[:, 2] >= 21)
+    assert np.all(np.argwhere(added)[:, 2] <= 25)
+
+
+def test_bridging_follows_a_branch_that_meets_its_trunk_at_an_angle():
+    shape = (16, 40, 40)
+    prob = np.full(shape, 0.45, dtype=np.float32)
+    trunk = _line_tube(shape, (8, 6), (0, 40))
+    z, y, x = np.indices(shape)
+    # a branch leaving the trunk at 45 degrees in the y-x plane, broken 3 voxels before it reaches the trunk
+    along = (y - 6 + x - 10) / np.sqrt(2)
+    across = (y - 6 - (x - 10)) / np.sqrt(2)
+    branch = ((z - 8) ** 2 + across**2 <= 2.0) & (along >= 6) & (along <= 28)
+    seg = (trunk | branch).astype(np.uint8)
+    assert _components(seg) == 2
+    out = bridge_gaps(seg, prob, (1.0, 1.0, 1.0), max_gap_mm=5.0)
+    assert _components(out) == 1

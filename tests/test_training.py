@@ -63,11 +63,61 @@ def test_training_writes_model_folder_and_validation(roots, configuration):
     assert (fold / "validation" / "metrics.csv").is_file()
 
 
-@pytest.mark.parametrize("loss", ["dice_ce_cldice", "dice_ce_center"])
-def test_topology_losses_train(roots, loss):
-    result = train(TrainingJob(7, "3d_fullres", 1, "cpu", quick(loss=loss, final_validation=False), trainer_name=f"t_{loss}"))
+@pytest.mark.parametrize(
+    ("loss", "configuration"),
+    [("dice_ce_cldice", "3d_fullres"), ("dice_ce_center", "3d_fullres"), ("dice_ce_skeleton_recall", "3d_fullres"),
+     ("dice_ce_skeleton_recall", "2d")],
+)
+def test_topology_losses_train(roots, loss, configuration):
+    settings = quick(loss=loss, final_validation=False)
+    result = train(TrainingJob(7, configuration, 1, "cpu", settings, trainer_name=f"t_{loss}"))
     log = json.loads((result.fold_dir / "training_log.jsonl").read_text().splitlines()[0])
-    assert torch.isfinite(torch.tensor(log["train_loss"]))
+    assert torch.isfinite(torch.tensor(log["train_loss"])) and log["train_loss"] > 0
+
+
+PLUGIN = """
+import torch
+from vessel_seg.trainers.losses import DiceCELoss, register_loss
+
+CALLS = []
+
+
+class CountingLoss(DiceCELoss):
+    def forward(self, logits, target):
+        CALLS.append(tuple(target.shape))
+        return super().forward(logits, target)
+
+
+@register_loss("test_counting", needs_skeleton=True, description="Dice + CE that records its targets")
+def build(options):
+    return CountingLoss(batch_dice=options.batch_dice)
+"""
+
+
+def test_a_loss_registered_by_a_plugin_file_trains_through_vs_train(roots, tmp_path, monkeypatch, capsys):
+    from vessel_seg.cli.train import main as train_main
+
+    plugin = tmp_path / "counting_loss.py"
+    plugin.write_text(PLUGIN)
+    monkeypatch.setenv("VS_PLUGINS", str(plugin))
+    argv = ["7", "3d_fullres", "3", "-pl", "cpu", "-tr", "plugged", "--epochs", "1", "--iterations-per-epoch", "2",
+            "--val-iterations", "1", "--num-workers", "0", "--no-final-validation", "--loss", "test_counting"]
+    assert train_main(argv) == 0
+    calls = sys.modules["vs_plugin_counting_loss"].CALLS
+    # needs_skeleton: the pipeline appended the skeleton channel; deep supervision saw it at every output size
+    assert calls and all(shape[1] == 2 for shape in calls)
+    monkeypatch.setenv("VS_PLUGINS", str(tmp_path / "missing.py"))
+    assert train_main(argv) == 2
+    assert "plugin file" in capsys.readouterr().err
+    broken = tmp_path / "broken_loss.py"
+    broken.write_text("import not_a_module_anywhere\n")
+    monkeypatch.setenv("VS_PLUGINS", str(broken))
+    assert train_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: VS_PLUGINS: cannot import plugin") and "\n" not in err
+    monkeypatch.delenv("VS_PLUGINS")
+    assert train_main([*argv[:-1], "not_registered"]) == 2
+    assert "unknown loss 'not_registered'" in capsys.readouterr().err
 
 
 def test_resume_continues_from_latest_and_pretrained_loads(roots):
@@ -276,3 +326,52 @@ def test_continue_with_other_loss_is_refused_and_new_weights_drop_old_validation
     job.settings = quick(epochs=2, final_validation=False)
     train(job)  # new weights, no final validation: the old one must not survive to be ranked
     assert not (first.fold_dir / "validation").exists()
+
+
+VARIANT_PLUGIN = """
+from vessel_seg.trainers.trainer import Trainer
+from vessel_seg.trainers.variants import register_trainer
+
+EPOCHS = []
+
+
+class RecordingTrainer(Trainer):
+    def end_epoch(self, step, epoch, record, started):
+        EPOCHS.append((epoch, self.settings.loss, self.settings.optimizer))
+        super().end_epoch(step, epoch, record, started)
+
+
+register_trainer("vsTrainer_recordingTest", settings={"optimizer": "sgd", "loss": "dice_ce_cldice"},
+                 trainer_class=RecordingTrainer, description="records every epoch")
+"""
+
+
+def test_trainer_variants_set_settings_and_run_folder_and_flags_override_them(roots, tmp_path, monkeypatch):
+    from vessel_seg.cli.train import main as train_main
+    from vessel_seg.trainers.variants import TRAINERS, register_trainer
+
+    base = ["7", "3d_fullres", "4", "-pl", "cpu", "--epochs", "1", "--iterations-per-epoch", "2", "--val-iterations", "1",
+            "--num-workers", "0", "--no-final-validation"]
+    assert train_main([*base, "-tr", "vsTrainer_skeletonRecall"]) == 0
+    fold = roots / "results" / DATASET / "vsTrainer_skeletonRecall__cpu__3d_fullres" / "fold_4"
+    settings = load_checkpoint(fold / "checkpoint_final.pt")["metadata"]["settings"]
+    assert settings["loss"] == "dice_ce_skeleton_recall" and settings["optimizer"] == "adamw"
+    text_log = (fold / "training_log.txt").read_text()  # the console's lines, kept in the fold
+    assert "training on cpu" in text_log and "epoch 0: train loss" in text_log
+    plugin = tmp_path / "recording_trainer.py"
+    plugin.write_text(VARIANT_PLUGIN)
+    monkeypatch.setenv("VS_PLUGINS", str(plugin))
+    try:
+        assert train_main([*base, "-tr", "vsTrainer_recordingTest", "--loss", "dice_ce"]) == 0  # a flag beats the variant
+        epochs = sys.modules["vs_plugin_recording_trainer"].EPOCHS
+        assert epochs == [(0, "dice_ce", "sgd")]  # the subclass ran; the variant's optimiser, the flag's loss
+        assert (roots / "results" / DATASET / "vsTrainer_recordingTest__cpu__3d_fullres" / "fold_4").is_dir()
+    finally:
+        TRAINERS.remove("vsTrainer_recordingTest")
+    with pytest.raises(ValueError, match="unknown settings lr"):
+        register_trainer("vsTrainer_bad", settings={"lr": 1.0})
+    with pytest.raises(ValueError, match="unknown augmentation option"):
+        quick(augmentation={"p_rotatoin": 0.5})
+    assert train_main([*base, "-tr", "vsTrainer_noMirroring"]) == 0  # augmentation settings reach the pipeline
+    fold = roots / "results" / DATASET / "vsTrainer_noMirroring__cpu__3d_fullres" / "fold_4"
+    assert load_checkpoint(fold / "checkpoint_final.pt")["metadata"]["mirror_axes"] == []

@@ -25,11 +25,9 @@ def sleep_idle_openmp_threads() -> None:
 
 
 def configure_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(levelname)s: %(message)s" if verbose else "%(message)s",
-        stream=sys.stderr,
-    )
+    level = logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s: %(message)s" if verbose else "%(message)s", stream=sys.stderr)
+    logging.getLogger().setLevel(level)  # also when a host (a test runner, a notebook) installed handlers first
 
 
 def run_cli(
@@ -40,6 +38,9 @@ def run_cli(
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
     try:
+        from vessel_seg.plugins import load_plugins
+
+        load_plugins()  # registrations of VS_PLUGINS modules (losses, ...) before the command looks names up
         return int(command(args) or 0)
     except VesselSegError as exc:
         if args.verbose:

@@ -8,13 +8,14 @@ from pathlib import Path
 
 from vessel_seg.cli import run_cli
 from vessel_seg.evaluation.evaluate import evaluate_folders, format_summary_table
+from vessel_seg.evaluation.evaluate_report import write_reports
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vs_evaluate",
         description="Compare predicted label maps with references case by case (matched by file name) and write "
-        "metrics.csv and summary.json.",
+        "metrics.csv, summary.json, summary.md (Markdown) and metrics_boxplot.png.",
     )
     parser.add_argument("-ref", required=True, type=Path, help="folder of reference label maps")
     parser.add_argument("-pred", required=True, type=Path, help="folder of predicted label maps")
@@ -27,8 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _command(args: argparse.Namespace) -> int:
     out = args.o if args.o is not None else args.pred
     result = evaluate_folders(args.ref, args.pred, out, labels=args.labels, num_workers=args.num_workers)
+    markdown, plot = write_reports(result, out)
     print(format_summary_table(result))
-    print(f"{result.summary['num_cases']} cases; per-case metrics: {result.csv_path}; summary: {result.summary_path}")
+    print(f"{result.summary['num_cases']} cases; per-case metrics: {result.csv_path}; summary: {result.summary_path}, "
+          f"{markdown}; box plot: {plot}")
     return 0
 
 

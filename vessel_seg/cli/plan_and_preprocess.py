@@ -21,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="check the dataset for consistency first")
     parser.add_argument("-np", "--num-processes", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("-pl", "--plans", default=DEFAULT_PLANS, help="plans name; 'cpu' selects the CPU-sized preset (default vs_plans)")
-    parser.add_argument("--preset", choices=("gpu", "cpu"), help="sizing preset (default: cpu for -pl cpu, gpu otherwise)")
+    parser.add_argument("--preset", help="sizing preset: gpu, cpu or one registered by a VS_PLUGINS module "
+                        "(default: the preset named like -pl, e.g. cpu for -pl cpu, else gpu)")
     parser.add_argument("--gpu-memory-gb", type=float, default=8.0, help="GPU memory target for the gpu preset (default 8)")
     parser.add_argument("--no-preprocess", action="store_true", help="only fingerprint and plan")
     return parser

@@ -46,8 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="checkpoint to load: final (default), best, or a snapshot such as epoch0020; nnU-Net's "
         "checkpoint_final.pth / checkpoint_best.pth are understood",
     )
-    parser.add_argument("-np", type=int, default=None, dest="num_threads",
-                        help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--threads", "-np", type=int, default=None, dest="num_threads",
+                        help="CPU threads for torch (default: torch's choice); -np is the old spelling")
+    parser.add_argument("-m", "--model-folder", dest="model_folders", nargs="+", type=Path, default=None,
+                        help="model folder(s) <trainer>__<plans>__<configuration> to predict with, instead of -d/-c/-pl/-tr "
+                        "(nnU-Net's predict_from_modelfolder); several are ensembled")
     parser.add_argument("--overwrite", action="store_true", help="predict cases whose mask already exists again")
     parser.add_argument(
         "--no-postprocessing", action="store_true",
@@ -95,20 +98,35 @@ def _command(args: argparse.Namespace) -> int:
         raise DatasetError(f"{args.input}: input not found; give an image file, a folder of CASE_0000 images or a DICOM folder")
     check_output_location(args.output)  # created by predict_cases once every check has passed
     folds = [str(parse_fold(f)) for f in args.folds] if args.folds else None
-    dataset = resolve_prediction_dataset(args.dataset)
-    choice = choose_models(dataset, args.configuration, args.plans, args.trainer)
-    models = [
-        load_trained_model(d, folds or choice.folds, args.checkpoint, device) for d in choice.model_dirs
-    ]
+    if args.model_folders:
+        model_dirs, recipe = _explicit_model_folders(args), None
+    else:
+        choice = choose_models(resolve_prediction_dataset(args.dataset), args.configuration, args.plans, args.trainer)
+        model_dirs, recipe, folds = choice.model_dirs, choice.recipe, folds or choice.folds
+    models = [load_trained_model(d, folds, args.checkpoint, device) for d in model_dirs]
     options = PredictionOptions(
         use_tta=not args.disable_tta, overwrite=args.overwrite, save_probabilities=args.save_probabilities,
-        mesh=args.mesh, centerline=args.centerline, preview=args.preview, recipe=choice.recipe, step_size=step_size,
+        mesh=args.mesh, centerline=args.centerline, preview=args.preview, recipe=recipe, step_size=step_size,
         postprocess=not args.no_postprocessing, num_parts=num_parts, part_id=part_id,
     )
     seconds = predict_cases(models, args.input, args.output, options)
     names = ", ".join(f"{m.name} (folds {' '.join(m.folds)})" for m in models)
     print(f"{len(seconds)} case(s) predicted with {names} into {args.output}")
     return 0
+
+
+def _explicit_model_folders(args: argparse.Namespace) -> list[Path]:
+    """``-m`` folders, checked: they exist, and -d/-c/-pl/-tr (which choose folders too) are not given as well."""
+    from vessel_seg.errors import VesselSegError
+
+    clash = [flag for flag, value in (("-d", args.dataset), ("-c", args.configuration), ("-pl", args.plans),
+                                      ("-tr", args.trainer)) if value is not None]
+    if clash:
+        raise VesselSegError(f"-m names the model folders itself; drop {', '.join(clash)}")
+    for folder in args.model_folders:
+        if not (folder / "plans.json").is_file():
+            raise VesselSegError(f"{folder}: not a trained model folder (no plans.json); give <trainer>__<plans>__<configuration>")
+    return list(args.model_folders)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,8 +17,10 @@ from vessel_seg.model_folder import DEFAULT_TRAINER, parse_fold  # noqa: E402
 from vessel_seg.paths import preprocessed_root, raw_root, resolve_dataset  # noqa: E402
 from vessel_seg.planners.pipeline import DEFAULT_PLANS  # noqa: E402
 from vessel_seg.planners.plans import CONFIGURATIONS, find_plans_name  # noqa: E402
-from vessel_seg.trainers.settings import COMPILE_MODES, LOSSES, OPTIMIZERS, TrainingSettings  # noqa: E402
+from vessel_seg.trainers.losses import loss_names  # noqa: E402
+from vessel_seg.trainers.settings import COMPILE_MODES, OPTIMIZERS, TrainingSettings  # noqa: E402
 from vessel_seg.trainers.trainer import TrainingJob, train  # noqa: E402
+from vessel_seg.trainers.variants import TRAINERS, variant_settings  # noqa: E402
 from vessel_seg.trainers.workers import env_override  # noqa: E402
 
 
@@ -32,15 +34,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("fold", help="fold index (0-4) or 'all'")
     parser.add_argument("-pl", "-p", "--plans", default=None,
                         help="plans name (default: vs_plans, else the dataset's only plans; 'cpu' for the CPU preset)")
-    parser.add_argument("-tr", dest="trainer", default=DEFAULT_TRAINER,
-                        help=f"trainer name: the run folder <trainer>__<plans>__<configuration> (default {DEFAULT_TRAINER})")
-    parser.add_argument("--epochs", type=int, default=TrainingSettings.epochs)
-    parser.add_argument("--iterations-per-epoch", type=int, default=TrainingSettings.iterations_per_epoch)
-    parser.add_argument("--val-iterations", type=int, default=TrainingSettings.validation_iterations)
-    parser.add_argument("--loss", choices=LOSSES, default=TrainingSettings.loss)
-    parser.add_argument("--optimizer", choices=OPTIMIZERS, default=TrainingSettings.optimizer)
+    parser.add_argument(
+        "-tr", dest="trainer", default=DEFAULT_TRAINER,
+        help=f"trainer variant ({', '.join(TRAINERS)}, or one a VS_PLUGINS module registers): its settings and the "
+             f"run folder <trainer>__<plans>__<configuration>; flags given here override its settings (default {DEFAULT_TRAINER})",
+    )
+    parser.add_argument("--epochs", type=int, help=f"default {TrainingSettings.epochs}")
+    parser.add_argument("--iterations-per-epoch", type=int, help=f"default {TrainingSettings.iterations_per_epoch}")
+    parser.add_argument("--val-iterations", type=int, help=f"default {TrainingSettings.validation_iterations}")
+    parser.add_argument(
+        "--loss",
+        help=f"training loss: {', '.join(loss_names())}, or one registered by a module in VS_PLUGINS "
+             f"(default {TrainingSettings.loss}, or the trainer variant's)",
+    )
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, help=f"default {TrainingSettings.optimizer}, or the variant's")
     parser.add_argument("--lr", type=float, default=None, help="initial learning rate (default 3e-3 AdamW, 1e-2 SGD)")
-    parser.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICES)} (default auto)")
+    parser.add_argument("--device", help=f"one of {', '.join(DEVICES)} (default auto)")
     parser.add_argument(
         "--num-workers", type=int, default=None, metavar="N",
         help="data augmentation processes (default: env VS_N_PROC_DA, else nnUNet_n_proc_DA, else chosen from the "
@@ -51,22 +60,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="disable mixed precision (bf16 on CUDA GPUs and CPUs that support it natively, fp16 on older CUDA GPUs)",
     )
     parser.add_argument(
-        "--compile", nargs="?", const="on", default="auto", choices=COMPILE_MODES,
+        "--compile", nargs="?", const="on", choices=COMPILE_MODES,
         help="torch.compile the network: auto (default: on CUDA for runs long enough to repay compiling), on, off; "
         "a bare --compile means on",
     )
     parser.add_argument("--no-channels-last", action="store_true", help="keep activations in NCDHW instead of channels_last_3d")
-    parser.add_argument("--checkpoint-every", type=int, default=TrainingSettings.checkpoint_every, help="epochs between latest checkpoints")
+    parser.add_argument("--checkpoint-every", type=int, help=f"epochs between latest checkpoints (default {TrainingSettings.checkpoint_every})")
     parser.add_argument(
-        "--snapshot-every", type=int, default=0, metavar="N",
+        "--snapshot-every", type=int, metavar="N",
         help="also keep the weights every N epochs as checkpoint_epochNNNN.pt (default 0: never)",
     )
-    parser.add_argument("--seed", type=int, default=TrainingSettings.seed)
-    parser.add_argument("--warmup-iterations", type=int, default=TrainingSettings.warmup_iterations,
-                        help="linear learning-rate warm-up over the first N steps (default 0: none)")
+    parser.add_argument("--seed", type=int, help=f"default {TrainingSettings.seed}")
+    parser.add_argument("--warmup-iterations", type=int, help="linear learning-rate warm-up over the first N steps (default 0: none)")
     parser.add_argument("--continue", "--c", dest="resume", action="store_true", help="resume from the latest checkpoint")
     parser.add_argument("--pretrained", type=Path, help="initialise from another model's checkpoint (fine-tuning)")
     parser.add_argument("--no-final-validation", action="store_true", help="skip full-volume validation at the end")
+    parser.add_argument("--val", dest="validate_only", action="store_const", const="final",
+                        help="no training: only the final validation of checkpoint_final.pt (nnU-Net's --val)")
+    parser.add_argument("--val_best", "--val-best", dest="validate_only", action="store_const", const="best",
+                        help="as --val, with checkpoint_best.pt")
     parser.add_argument(
         "--no-validation-probabilities", action="store_true",
         help="do not save validation probabilities (CASE.npz); vs_find_best_configuration then skips ensembles and gap bridging",
@@ -89,15 +101,18 @@ def _plans_name(args: argparse.Namespace) -> str:
 
 
 def _command(args: argparse.Namespace) -> int:
+    explicit = {
+        "epochs": args.epochs, "iterations_per_epoch": args.iterations_per_epoch, "validation_iterations": args.val_iterations,
+        "loss": args.loss, "optimizer": args.optimizer, "learning_rate": args.lr, "device": args.device,
+        "num_workers": args.num_workers, "compile": args.compile, "checkpoint_every": args.checkpoint_every,
+        "snapshot_every": args.snapshot_every, "seed": args.seed, "warmup_iterations": args.warmup_iterations,
+        # switches: only a given flag overrides the variant
+        "amp": False if args.no_amp else None, "channels_last": False if args.no_channels_last else None,
+        "final_validation": False if args.no_final_validation else None,
+        "save_validation_probabilities": False if args.no_validation_probabilities else None,
+    }
     try:
-        settings = TrainingSettings(
-            epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch, validation_iterations=args.val_iterations,
-            loss=args.loss, optimizer=args.optimizer, learning_rate=args.lr, device=args.device,
-            num_workers=args.num_workers, amp=not args.no_amp, compile=args.compile, channels_last=not args.no_channels_last,
-            checkpoint_every=args.checkpoint_every, snapshot_every=args.snapshot_every, seed=args.seed, final_validation=not args.no_final_validation,
-            warmup_iterations=args.warmup_iterations,
-            save_validation_probabilities=not args.no_validation_probabilities,
-        )
+        settings = variant_settings(args.trainer, explicit)
     except ValueError as exc:
         raise VesselSegError(str(exc)) from exc
     if args.num_workers is not None and args.num_workers < 0:
@@ -114,7 +129,7 @@ def _command(args: argparse.Namespace) -> int:
         raise VesselSegError(f"-tr {args.trainer!r}: a trainer name is letters, digits, '_' and '-' (no '__', no path)")
     job = TrainingJob(
         args.dataset, args.configuration, parse_fold(args.fold), _plans_name(args), settings,
-        resume=args.resume, pretrained=args.pretrained, trainer_name=args.trainer,
+        resume=args.resume, pretrained=args.pretrained, trainer_name=args.trainer, validate_only=args.validate_only,
     )
     result = train(job)
     line = f"trained {result.epochs_run} epoch(s); model in {result.fold_dir}"

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from vessel_seg.morphology import bounding_box
+
 
 def as_binary(mask: np.ndarray) -> np.ndarray:
     """``mask`` as a boolean array (non-zero is foreground), without a copy when already boolean."""
@@ -55,16 +57,7 @@ def spatial_view(
 def union_bbox(masks: Sequence[np.ndarray], margin: int = 1) -> tuple[slice, ...] | None:
     """Bounding box of the union of ``masks`` grown by ``margin`` voxels (clipped), or ``None`` if all empty."""
     union = np.logical_or.reduce([as_binary(m) for m in masks]) if len(masks) > 1 else as_binary(masks[0])
-    slices = []
-    for axis in range(union.ndim):
-        other = tuple(a for a in range(union.ndim) if a != axis)
-        present = np.flatnonzero(union.any(axis=other))
-        if present.size == 0:
-            return None
-        lo = max(int(present[0]) - margin, 0)
-        hi = min(int(present[-1]) + 1 + margin, union.shape[axis])
-        slices.append(slice(lo, hi))
-    return tuple(slices)
+    return bounding_box(union, margin)
 
 
 def field_of_view_diagonal(shape: Sequence[int], spacing: Sequence[float]) -> float:

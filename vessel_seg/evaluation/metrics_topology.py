@@ -10,47 +10,10 @@ from __future__ import annotations
 import itertools
 
 import cc3d
-import edt
 import numpy as np
-from scipy import ndimage
-from skimage.morphology import skeletonize
 
 from vessel_seg.evaluation.metrics_common import as_binary, spatial_view, union_bbox
-
-
-def skeleton(mask: np.ndarray) -> np.ndarray:
-    """Centreline of a binary mask by :func:`skimage.morphology.skeletonize`.
-
-    3D masks use Lee's thinning, 2D masks Zhang's. scikit-image's thinning deletes some objects
-    entirely, notably tubes of even thickness such as a 2x2 line or a cylinder centred between
-    voxels (scikit-image issue #3757). Every component (26-/8-connected) left without a skeleton
-    voxel is therefore given its *medial voxels* instead: the voxels whose distance to the
-    background is maximal within their 3x3(x3) neighbourhood, a centreline at most 2 voxels thick.
-    So a non-empty component always has a non-empty skeleton. Callers should pass a mask cropped to
-    its bounding box (see :func:`union_bbox`) for speed.
-
-    Returns
-    -------
-    ndarray of bool
-        Skeleton voxels, same shape as ``mask``.
-    """
-    mask = as_binary(mask)
-    if not mask.any():
-        return np.zeros(mask.shape, dtype=bool)
-    skel = skeletonize(mask).astype(bool, copy=False)
-    labels, count = cc3d.connected_components(mask, connectivity=_foreground_connectivity(mask.ndim), return_N=True)
-    has_skeleton = np.zeros(count + 1, dtype=bool)
-    has_skeleton[labels[skel]] = True
-    lost_ids = np.flatnonzero(~has_skeleton[1:]) + 1
-    if lost_ids.size:
-        lost = np.isin(labels, lost_ids)
-        box = union_bbox([lost])
-        depth = edt.edt(np.pad(lost[box], 1)).astype(np.float32)
-        core = tuple(slice(1, -1) for _ in range(mask.ndim))
-        ridge = depth >= ndimage.maximum_filter(depth, size=3, mode="constant")
-        skel = skel.copy()
-        skel[box] |= (ridge & (depth > 0))[core]
-    return skel
+from vessel_seg.morphology import foreground_connectivity, skeleton
 
 
 def cldice_from_skeletons(pred: np.ndarray, ref: np.ndarray, skel_pred: np.ndarray, skel_ref: np.ndarray) -> float:
@@ -79,10 +42,6 @@ def cldice(pred: np.ndarray, ref: np.ndarray) -> float:
         return 1.0
     p, r = p[box], r[box]
     return cldice_from_skeletons(p, r, skeleton(p), skeleton(r))
-
-
-def _foreground_connectivity(ndim: int) -> int:
-    return 26 if ndim == 3 else 8
 
 
 def _background_connectivity(ndim: int) -> int:
@@ -125,7 +84,7 @@ def _topology(mask: np.ndarray) -> tuple[int, int, int, float]:
     if box is None:
         return 0, 0, 0, 0.0
     cropped = m[box]
-    labels, b0 = cc3d.connected_components(cropped, connectivity=_foreground_connectivity(m.ndim), return_N=True)
+    labels, b0 = cc3d.connected_components(cropped, connectivity=foreground_connectivity(m.ndim), return_N=True)
     sizes = np.bincount(labels.ravel())[1:]
     share = float(sizes.max() / sizes.sum())
     # A one-voxel background frame makes "touches the border" mean "joins the outer background".

@@ -4,7 +4,7 @@ CerebralDoc defines ``V = Σ w·(P ∩ L) / Σ w·L`` with weights that grow wit
 of a vessel position (proximal segments above distal ones) but publishes no weight map. Ours is
 computed from the reference label alone:
 
-1. ``S`` = skeleton of ``L`` (:func:`~vessel_seg.evaluation.metrics_topology.skeleton`);
+1. ``S`` = skeleton of ``L`` (:func:`~vessel_seg.morphology.skeleton`);
 2. ``r(s)`` = Euclidean distance in mm from each skeleton voxel ``s`` to the background, the
    radius of the largest sphere centred on the centreline there (voxels beyond the image edge
    count as vessel, so a vessel cut by the field of view keeps its true radius);
@@ -27,7 +27,7 @@ import edt
 import numpy as np
 
 from vessel_seg.evaluation.metrics_common import field_of_view_diagonal, spatial_view, union_bbox
-from vessel_seg.evaluation.metrics_topology import skeleton
+from vessel_seg.morphology import skeleton
 
 
 def vessel_weight_map(ref: np.ndarray, spacing: Sequence[float], skel: np.ndarray | None = None) -> np.ndarray:

@@ -6,7 +6,7 @@ coordinates of the image (ITK/LPS, here mm). A user would click the inlet; we de
 reference label instead:
 
 1. keep the largest 26-connected component of the vessel mask (all non-zero labels);
-2. skeletonise it (:func:`~vessel_seg.evaluation.metrics_topology.skeleton`) and measure the radius
+2. skeletonise it (:func:`~vessel_seg.morphology.skeleton`) and measure the radius
    at every skeleton voxel as its Euclidean distance in mm to the background (voxels beyond the
    image edge count as vessel, so a vessel cut by the field of view keeps its true radius);
 3. the *root* is the skeleton end point (exactly one skeleton neighbour) with the largest radius:
@@ -33,8 +33,8 @@ from scipy import ndimage
 
 from vessel_seg.errors import VesselSegError
 from vessel_seg.evaluation.metrics_common import union_bbox
-from vessel_seg.evaluation.metrics_topology import skeleton
 from vessel_seg.imageio import ImageGeometry
+from vessel_seg.morphology import skeleton
 
 
 @dataclass(frozen=True)

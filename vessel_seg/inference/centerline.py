@@ -28,14 +28,13 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import edt
 import networkx as nx
 import numpy as np
-from skimage.morphology import skeletonize
 
 from vessel_seg.errors import VesselSegError
 from vessel_seg.imageio import ImageGeometry
 from vessel_seg.inference.surface_mesh import polydata_to_vtp, write_bytes_atomic
+from vessel_seg.morphology import bounding_box, skeleton_and_radius
 from vessel_seg.serialization import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -184,12 +183,9 @@ def _polyline_length(points: np.ndarray) -> float:
 def _build_multigraph(mask: np.ndarray, spacing: np.ndarray) -> nx.MultiGraph:
     """Skeleton -> graph of nodes (``index``, ``radius``) and branches (``points`` zyx, ``radii``)."""
     # Crop to the bounding box plus one background voxel: skeletonisation cost grows with the volume.
-    nonzero = np.nonzero(mask)
-    lo = np.array([max(int(a.min()) - 1, 0) for a in nonzero])
-    hi = np.array([min(int(a.max()) + 2, n) for a, n in zip(nonzero, mask.shape, strict=True)])
-    mask = mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-    skeleton = skeletonize(mask) > 0
-    dist = edt.edt(mask, anisotropy=tuple(float(s) for s in spacing), black_border=False)
+    box = bounding_box(mask, margin=1)
+    lo = np.array([b.start for b in box])
+    skeleton, dist = skeleton_and_radius(mask[box], spacing)
     coords = np.argwhere(skeleton) + lo
     radii = dist[skeleton].astype(np.float64)  # same (C-order) sequence as ``coords``
     voxels = _voxel_graph(coords, spacing)

@@ -19,12 +19,12 @@ Everything is separable: each output voxel is a tensor product of per-axis taps
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from vessel_seg.planners.normalization import STD_FLOOR, check_schemes
+from vessel_seg.planners.normalization import NORMALIZATIONS, STD_FLOOR, check_schemes
 from vessel_seg.planners.plans import ChannelIntensity
 from vessel_seg.planners.resampling import _nearest_indices
 
@@ -161,18 +161,38 @@ def normalize_on_device(
     """
     ct_stats = check_schemes(schemes, data.shape[0], intensity)
     for c in range(data.shape[0]):
-        channel = data[c]
-        if c in ct_stats:
-            stats = ct_stats[c]
-            if schemes[c] == "ct_soft":
-                soft_clip_on_device(channel, stats.percentile_00_5, stats.percentile_99_5, max(stats.std, STD_FLOOR))
-            else:
-                channel.clamp_(float(np.float32(stats.percentile_00_5)), float(np.float32(stats.percentile_99_5)))
-            mean, std = stats.mean, stats.std
-        else:
-            mean, std = _mean_std(channel)
+        channel, stats = data[c], ct_stats.get(c)
+        _transform_on_device(schemes[c], channel, stats)
+        mean, std = (stats.mean, stats.std) if stats is not None else _mean_std(channel)
         channel.sub_(float(np.float32(mean))).div_(float(np.float32(max(std, STD_FLOOR))))
     return data
+
+
+def _clamp_on_device(channel: torch.Tensor, stats: ChannelIntensity) -> None:
+    channel.clamp_(float(np.float32(stats.percentile_00_5)), float(np.float32(stats.percentile_99_5)))
+
+
+def _soft_clip_stats_on_device(channel: torch.Tensor, stats: ChannelIntensity) -> None:
+    soft_clip_on_device(channel, stats.percentile_00_5, stats.percentile_99_5, max(stats.std, STD_FLOOR))
+
+
+# Torch twins of the registered normalisation transforms (same float32 values as the numpy ones).
+DEVICE_TRANSFORMS: dict[str, Callable[[torch.Tensor, ChannelIntensity], None]] = {
+    "ct": _clamp_on_device, "ct_soft": _soft_clip_stats_on_device,
+}
+
+
+def _transform_on_device(name: str, channel: torch.Tensor, stats: ChannelIntensity | None) -> None:
+    """The scheme's transform on the device when it has a twin there, else through its numpy transform."""
+    scheme = NORMALIZATIONS.get(name)
+    if scheme.transform is None:
+        return
+    if name in DEVICE_TRANSFORMS and stats is not None:
+        DEVICE_TRANSFORMS[name](channel, stats)
+        return
+    host = channel.cpu().numpy().copy()  # a plugin's scheme without a torch twin: exact, one round trip
+    scheme.transform(host, stats)
+    channel.copy_(torch.from_numpy(host))
 
 
 def soft_clip_on_device(channel: torch.Tensor, lo: float, hi: float, scale: float) -> torch.Tensor:

@@ -81,6 +81,27 @@ def _validation_cases(
     return {c: CasePrediction(ref, mask, (npz[c],) if complete else ()) for c, (ref, mask) in pairs.items()}, None
 
 
+def _validated_folds(model_dir: Path) -> list[str]:
+    """Folds of a model folder that hold validation predictions (``fold_K/validation/*``), as ``-f`` values."""
+    folds = []
+    for folder in sorted(model_dir.glob("fold_*")):
+        if (folder / "validation").is_dir() and image_files(folder / "validation"):
+            folds.append(folder.name.removeprefix("fold_"))
+    return folds
+
+
+def _fold_hint(model_dirs: Sequence[Path]) -> str:
+    """``, or choose validated folds: -f 0 1`` naming the folds every model folder has validated ('' if none)."""
+    if not model_dirs:
+        return ""
+    common = set(_validated_folds(model_dirs[0]))
+    for model_dir in model_dirs[1:]:
+        common &= set(_validated_folds(model_dir))
+    if not common:
+        return ""
+    return f", or rank what is validated: -f {' '.join(sorted(common, key=lambda f: (not f.isdigit(), f)))}"
+
+
 def _has_probabilities(cases: dict[str, CasePrediction]) -> bool:
     return all(case.probabilities for case in cases.values())
 
@@ -256,6 +277,7 @@ def find_best_configuration(
         raise VesselSegError(
             f"{results_root() / name}: no configuration has validation predictions for folds {', '.join(fold_ids)} "
             f"({notes[-1] if notes else 'nothing trained'}); finish training those folds first"
+            + _fold_hint([d for _, d in trained])
         )
     with_probs = [c for c in config_cases if _has_probabilities(config_cases[c])]
     if len(config_scores) > 1 and len(with_probs) < len(config_scores):

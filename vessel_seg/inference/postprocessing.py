@@ -21,6 +21,8 @@ import edt
 import numpy as np
 from skimage.graph import MCP_Geometric
 
+from vessel_seg.inference.bridge_directions import PieceEnd, cones_ahead, piece_ends
+
 log = logging.getLogger(__name__)
 
 CONNECTIVITY = 26
@@ -194,19 +196,71 @@ def _local_radius(dist: np.ndarray, piece: np.ndarray, point: np.ndarray, half: 
     return float(values.max()) if values.size else 0.0
 
 
+@dataclass(frozen=True)
+class BridgeLimits:
+    """What a bridge may be: gap length, voxel and mean probability, and its angle to the vessel's end.
+
+    Attributes
+    ----------
+    max_gap_mm : float
+        Widest background gap crossed, in mm.
+    min_probability : float
+        Voxels below this foreground probability are never crossed.
+    min_mean_probability : float
+        The gap voxels' mean probability must reach this (the probability budget of a bridge).
+    max_angle_deg : float or None
+        A bridge leaves a piece only from one of its ends, within this angle of the vessel's
+        direction there (:mod:`~vessel_seg.inference.bridge_directions`); None: from anywhere.
+    """
+
+    max_gap_mm: float
+    min_probability: float = 0.2
+    min_mean_probability: float = 0.3
+    max_angle_deg: float | None = 40.0
+
+
+def _passable(piece: np.ndarray, main: np.ndarray, vessel: np.ndarray, prob: np.ndarray, spacing: np.ndarray,
+              limits: BridgeLimits, piece_radius: float) -> tuple[np.ndarray | None, list[PieceEnd] | None]:
+    """Voxels a bridge from ``piece`` may use (vessel, or probable enough and, if directed, ahead of an end), and the ends.
+
+    The mask is None when the piece has a skeleton but no end (a loop): nothing to continue. The
+    ends are None when direction does not apply (switched off, or a blob without a skeleton line).
+    """
+    passable = vessel | (prob >= limits.min_probability)
+    if limits.max_angle_deg is None:
+        return passable, None
+    ends = piece_ends(piece, spacing, piece_radius)
+    if ends is None:  # a blob: no direction to respect
+        return passable, None
+    if not ends:
+        return None, ends
+    tip = piece_radius + 0.5 * float(spacing.max())
+    return passable & (cones_ahead(piece.shape, ends, spacing, limits.max_angle_deg, tip) | piece | main), ends
+
+
+def _points_ahead(ends: list[PieceEnd] | None, target: np.ndarray, spacing: np.ndarray, max_angle_deg: float) -> bool:
+    """True when ``target`` (crop index) lies within ``max_angle_deg`` of some end's direction, seen from that end."""
+    if ends is None:
+        return True
+    for end in ends:
+        offset = (target - end.point) * spacing
+        length = float(np.linalg.norm(offset))
+        if length == 0 or offset @ end.direction >= np.cos(np.radians(max_angle_deg)) * length:
+            return True
+    return False
+
+
 def _bridge_one(
-    piece: np.ndarray,
-    main: np.ndarray,
-    vessel: np.ndarray,
-    prob: np.ndarray,
-    spacing: np.ndarray,
-    max_gap_mm: float,
-    min_probability: float,
+    piece: np.ndarray, main: np.ndarray, vessel: np.ndarray, prob: np.ndarray, spacing: np.ndarray, limits: BridgeLimits,
 ) -> np.ndarray | None:
     """Voxels (bool mask, crop-sized) that join ``piece`` to ``main`` in one crop, or ``None``."""
     if prob.dtype == np.uint8:  # quantised by the streamed predictor: 255 = 1
         prob = prob.astype(np.float32) / 255.0
-    passable = vessel | (prob >= min_probability)
+    dist = edt.edt(vessel, anisotropy=tuple(spacing), black_border=False)
+    piece_radius = float(dist[piece].max())
+    passable, directions = _passable(piece, main, vessel, prob, spacing, limits, piece_radius)
+    if passable is None:
+        return None
     costs = np.where(vessel, 1.0, 1.0 / (prob.astype(np.float64) + _EPS))
     costs[~passable] = np.inf  # MCP never enters infinite-cost voxels
     mcp = MCP_Geometric(costs, sampling=tuple(spacing))
@@ -217,14 +271,18 @@ def _bridge_one(
         return None
     path = np.asarray(mcp.traceback(tuple(ends[int(np.argmin(reached))])))
     in_gap = ~vessel[tuple(path.T)]
-    if not in_gap.any() or _gap_length_mm(path, in_gap, spacing) > max_gap_mm:
+    if not in_gap.any() or _gap_length_mm(path, in_gap, spacing) > limits.max_gap_mm:
+        return None
+    if float(prob[tuple(path[in_gap].T)].mean()) < limits.min_mean_probability:
+        return None
+    gap_idx = np.flatnonzero(in_gap)
+    first, last = path[max(gap_idx[0] - 1, 0)], path[min(gap_idx[-1] + 1, len(path) - 1)]
+    # The cones bound each step; the whole bridge must point ahead too, or a zig-zag inside a wide
+    # cone could still reach a vessel beside the piece.
+    if limits.max_angle_deg is not None and not _points_ahead(directions, last, spacing, limits.max_angle_deg):
         return None
     # Thicken the bridge to the smaller local radius of the two pieces at its ends, so that the
     # reconnected vessel keeps its calibre; a radius of one voxel leaves the 26-connected path itself.
-    dist = edt.edt(vessel, anisotropy=tuple(spacing), black_border=False)
-    gap_idx = np.flatnonzero(in_gap)
-    first, last = path[max(gap_idx[0] - 1, 0)], path[min(gap_idx[-1] + 1, len(path) - 1)]
-    piece_radius = float(dist[piece].max())
     half = np.ceil(2 * piece_radius / spacing).astype(int) + 1
     radius = min(piece_radius, _local_radius(dist, main, last, half) or piece_radius)
     bridge = np.zeros(vessel.shape, dtype=bool)
@@ -242,8 +300,11 @@ def bridge_gaps(
     spacing: Sequence[float],
     max_gap_mm: float,
     min_probability: float = 0.2,
+    *,
+    min_mean_probability: float = 0.3,
+    max_angle_deg: float | None = 40.0,
 ) -> np.ndarray:
-    """Reconnect vessel pieces cut off from the main tree by a short gap.
+    """Reconnect vessel pieces cut off from the main tree by a short gap, along the vessel's own direction.
 
     In the spirit of CerebralDoc's connected-growth prediction: a break in a vessel usually lies
     where the network was unsure, not where it saw background. For every component of the
@@ -255,9 +316,13 @@ def bridge_gaps(
     2. Find the cheapest path from the piece to the main component by Dijkstra on the voxel grid
        (:class:`skimage.graph.MCP_Geometric`, 26-neighbourhood, steps weighted by their length in
        mm). Foreground voxels cost 1 per mm, other voxels ``1 / (p + 0.001)`` per mm, and voxels
-       with ``p < min_probability`` are impassable.
+       with ``p < min_probability`` are impassable. Direction (CerebralDoc's connected growth):
+       background voxels are passable only in the cones of half-angle ``max_angle_deg`` ahead of
+       the piece's skeleton ends (and at the tips), so a piece continues where its vessel points
+       and never joins a vessel running beside it; blobs without a skeleton line are not directed.
     3. Accept the path when the background it crosses is at most ``max_gap_mm`` wide (full steps
-       between gap voxels plus half of the steps into and out of the pieces).
+       between gap voxels plus half of the steps into and out of the pieces) and its gap voxels'
+       mean probability is at least ``min_mean_probability``.
     4. Fill the gap voxels of the path, thickened to the local vessel radius: the smaller of the
        piece's largest distance-to-wall and the main component's largest distance-to-wall near
        the path's end (spacing-aware EDT). Only passable voxels are added; a radius of at most one
@@ -276,6 +341,11 @@ def bridge_gaps(
         Widest gap that is bridged, in mm.
     min_probability : float
         Voxels below this probability are never added.
+    min_mean_probability : float
+        Smallest mean probability of the gap a bridge crosses.
+    max_angle_deg : float or None
+        Largest angle (degrees) between a bridge and the vessel's direction at the end it leaves;
+        None bridges from anywhere on the piece.
 
     Returns
     -------
@@ -297,6 +367,7 @@ def bridge_gaps(
     main = components == order[0]
     sp = np.asarray(spacing, dtype=np.float64)
     margin = [math.ceil(max_gap_mm / s) + 2 for s in sp]
+    limits = BridgeLimits(max_gap_mm, min_probability, min_mean_probability, max_angle_deg)
     bridged = 0
     for component_id in order[1:count]:
         box = _grow_box(stats["bounding_boxes"][component_id], margin, seg.shape)
@@ -304,7 +375,7 @@ def bridge_gaps(
             continue
         piece = components[box] == component_id
         vessel_box = out[box] > 0
-        added = _bridge_one(piece, main[box], vessel_box, probabilities_fg[box], sp, max_gap_mm, min_probability)
+        added = _bridge_one(piece, main[box], vessel_box, probabilities_fg[box], sp, limits)
         if added is None:
             continue
         label = int(np.bincount(seg[box][piece].astype(np.int64)).argmax())
@@ -312,7 +383,7 @@ def bridge_gaps(
         main[box] |= added | piece
         bridged += 1
     if bridged:
-        log.info("bridged %d gap(s) of at most %g mm", bridged, max_gap_mm)
+        log.debug("bridged %d gap(s) of at most %g mm", bridged, max_gap_mm)  # the case summary line counts components
     return out
 
 

@@ -21,10 +21,11 @@ from vessel_seg.errors import VesselSegError
 from vessel_seg.evaluation.evaluate import load_pair
 from vessel_seg.evaluation.metrics_common import spatial_view, union_bbox
 from vessel_seg.evaluation.metrics_overlap import dice
-from vessel_seg.evaluation.metrics_topology import cldice_from_skeletons, skeleton
+from vessel_seg.evaluation.metrics_topology import cldice_from_skeletons
 from vessel_seg.imageio import read_label
 from vessel_seg.inference.ensemble import average_probabilities, probabilities_to_labels
 from vessel_seg.inference.postprocessing import PostprocessingRecipe, apply_postprocessing
+from vessel_seg.morphology import skeleton
 from vessel_seg.planners.fingerprint import DatasetFingerprint
 
 MIN_IMPROVEMENT = 1e-4  # a step must raise mean(Dice, clDice) by more than this to be kept

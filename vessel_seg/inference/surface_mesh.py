@@ -27,6 +27,7 @@ from skimage.measure import marching_cubes
 from vessel_seg import atomic
 from vessel_seg.errors import ImageWriteError, VesselSegError
 from vessel_seg.imageio import ImageGeometry
+from vessel_seg.morphology import bounding_box
 
 log = logging.getLogger(__name__)
 
@@ -121,18 +122,19 @@ def mask_to_surface(mask: np.ndarray, geometry: ImageGeometry, smoothing_iterati
     if not fg.any():
         raise VesselSegError("surface mesh: the mask is empty (no foreground voxel); nothing to triangulate")
     # Work on the bounding box only: marching cubes cost grows with the volume, vessels are sparse.
-    nonzero = np.nonzero(fg)
-    lo = np.array([a.min() for a in nonzero])
-    hi = np.array([a.max() for a in nonzero]) + 1
-    crop = np.pad(fg[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], 1).astype(np.float32)
+    box = bounding_box(fg)
+    lo = np.array([b.start for b in box])
+    crop = np.pad(fg[box], 1).astype(np.float32)
     verts, faces, _, _ = marching_cubes(crop, level=0.5, allow_degenerate=False)
     verts = verts.astype(np.float64) + (lo - 1)  # back to full-volume voxel indices (z, y, x)
     verts = taubin_smooth(verts, faces, smoothing_iterations)
     mesh = SurfaceMesh(vertices=geometry.index_to_physical(verts), triangles=faces.astype(np.int64))
     if mesh.volume() < 0:  # the index->physical map may be a reflection (zyx->xyz swap, flipped axes)
         mesh.triangles = mesh.triangles[:, ::-1].copy()
-    log.info("surface mesh: %d vertices, %d triangles, %.1f mm^3", len(mesh.vertices), len(mesh.triangles),
-             mesh.volume())
+    # Smoothing shrinks the surface a little: say which volume is which, so the mesh's is not read as the vessels'.
+    voxel_mm3 = float(np.count_nonzero(fg)) * float(np.prod(geometry.spacing))
+    log.info("surface mesh: %d vertices, %d triangles; the mesh encloses %.1f mm^3 (the mask's voxels: %.1f mm^3)",
+             len(mesh.vertices), len(mesh.triangles), mesh.volume(), voxel_mm3)
     return mesh
 
 

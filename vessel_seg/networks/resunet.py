@@ -21,6 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from vessel_seg.errors import PlansError
+from vessel_seg.networks.registry import build_network, register_network
+
+__all__ = ["ResUNet", "build_network", "build_resunet"]  # build_network: re-exported (dispatches on the class)
 from vessel_seg.networks.blocks import (
     BottleneckResidualBlock,
     ConvNormAct,
@@ -153,7 +156,8 @@ class ResUNet(nn.Module):
             )
 
 
-def build_network(topology: NetworkTopology, in_channels: int, num_classes: int) -> ResUNet:
+@register_network("ResUNet", description="U-Net of bottleneck residual blocks (CerebralDoc), 2D and 3D")
+def build_resunet(topology: NetworkTopology, in_channels: int, num_classes: int) -> ResUNet:
     """The ResU-Net described by ``topology`` with fresh Kaiming-normal weights.
 
     Raises :class:`~vessel_seg.errors.PlansError` when the topology's lists do not fit together.

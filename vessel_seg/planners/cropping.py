@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from vessel_seg.morphology import bounding_box
+
 
 def nonzero_bbox(data: np.ndarray) -> list[list[int]]:
     """Bounding box ``[[start, stop], ...]`` over ``(Z, Y, X)`` of voxels non-zero in any channel.
@@ -14,14 +16,10 @@ def nonzero_bbox(data: np.ndarray) -> list[list[int]]:
     to the border and is no hole. An all-zero image keeps its full extent.
     """
     mask = np.any(data != 0, axis=0)
-    if not mask.any():
+    box = bounding_box(mask)
+    if box is None:
         return [[0, s] for s in mask.shape]
-    box = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=other))
-        box.append([int(hits[0]), int(hits[-1]) + 1])
-    return box
+    return [[b.start, b.stop] for b in box]
 
 
 def crop_to_bbox(array: np.ndarray, bbox: list[list[int]]) -> np.ndarray:

@@ -38,13 +38,12 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import cc3d
-import edt
 import numpy as np
-from skimage.morphology import skeletonize
 
 from vessel_seg.dataset import Case, training_cases
 from vessel_seg.errors import DatasetError, PlansError
 from vessel_seg.imageio import read_image, read_label
+from vessel_seg.morphology import bounding_box, skeleton_and_radius
 from vessel_seg.planners.cropping import nonzero_bbox
 from vessel_seg.planners.plans import ChannelIntensity
 from vessel_seg.planners.resampling_checks import resampling_problem
@@ -211,27 +210,17 @@ def channel_intensity(values: np.ndarray) -> ChannelIntensity:
     )
 
 
-def _label_box(mask: np.ndarray) -> tuple[slice, ...]:
-    """Bounding box of ``mask`` grown by one voxel: the distance transform inside equals the full one."""
-    box = []
-    for axis in range(mask.ndim):
-        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        box.append(slice(max(int(hits[0]) - 1, 0), min(int(hits[-1]) + 2, mask.shape[axis])))
-    return tuple(box)
-
-
 def vessel_radii(mask: np.ndarray, spacing: list[float]) -> np.ndarray:
     """Radii in mm at the skeleton voxels of a ``(Z, Y, X)`` binary ``mask`` (definition in the module docstring)."""
-    if not mask.any():
+    box = bounding_box(mask, margin=1)  # one background voxel around: the distances inside equal the full ones
+    if box is None:
         return np.zeros(0, dtype=np.float32)
-    mask = mask[_label_box(mask)]
+    mask = mask[box]
     spacing = [float(s) for s in spacing]
     if mask.shape[0] == 1:  # a 2D image stored as one slice
         mask, spacing = mask[0], spacing[1:]
-    mask = np.ascontiguousarray(mask, dtype=np.uint8)
-    distance = edt.edt(mask, anisotropy=tuple(spacing), black_border=False)  # anisotropy in array axis order
-    skeleton = skeletonize(mask.astype(bool))
-    return distance[skeleton].astype(np.float32)
+    skeleton, distance = skeleton_and_radius(mask, spacing)
+    return distance[skeleton]
 
 
 def check_case_spacings(fingerprint: DatasetFingerprint, raw_dataset_dir: Path) -> None:

@@ -20,19 +20,51 @@ Schemes
     mean and standard deviation of this image's channel, over all of its voxels after cropping to
     the non-zero region (the crop removes the empty border that would otherwise skew them). No mask
     is applied inside the crop box, so training and inference see identical statistics.
+
+New schemes register with :func:`register_normalization` (a transform applied before the
+standardisation, and whether the standardisation uses the dataset's statistics or the image's);
+the device-side prediction path uses a registered torch twin where there is one
+(:data:`vessel_seg.inference.device_resampling.DEVICE_TRANSFORMS`), else the numpy transform.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from vessel_seg.errors import PlansError
 from vessel_seg.planners.plans import ChannelIntensity
+from vessel_seg.registry import Registry
 
-SCHEMES = ("ct", "ct_soft", "zscore")
-CT_SCHEMES = ("ct", "ct_soft")  # schemes that use the dataset's foreground statistics
+# transform(channel, stats): changes a float32 (Z, Y, X) channel in place before standardisation;
+# stats are the dataset's foreground statistics of the channel (None for per-image schemes).
+ChannelTransform = Callable[[np.ndarray, ChannelIntensity | None], None]
+
+
+@dataclass(frozen=True)
+class NormalizationScheme:
+    """A registered scheme: an optional intensity transform, then standardisation by dataset or image statistics."""
+
+    name: str
+    uses_dataset_statistics: bool
+    transform: ChannelTransform | None = None
+    description: str = ""
+
+
+NORMALIZATIONS: Registry[NormalizationScheme] = Registry("normalisation scheme")
+
+
+def register_normalization(
+    name: str, *, uses_dataset_statistics: bool, description: str = "", transform: ChannelTransform | None = None,
+    replace_existing: bool = False,
+) -> NormalizationScheme:
+    """Register a scheme that plans can name in ``ConfigurationPlan.normalization``; returns it."""
+    scheme = NormalizationScheme(name, uses_dataset_statistics, transform, description)
+    return NORMALIZATIONS.add(name, scheme, replace_existing=replace_existing)
+
+
 STD_FLOOR = 1e-8  # smallest standard deviation a channel is divided by (constant images)
 _EPS = STD_FLOOR
 
@@ -71,18 +103,11 @@ def normalize(
         raise ValueError(f"expected a (C, Z, Y, X) array, got shape {data.shape}")
     ct_stats = check_schemes(schemes, data.shape[0], intensity)
     out = data if inplace and data.dtype == np.float32 else data.astype(np.float32, copy=True)
-    for c, scheme in enumerate(schemes):
-        channel = out[c]
-        if scheme == "ct":
-            stats = ct_stats[c]
-            np.clip(channel, stats.percentile_00_5, stats.percentile_99_5, out=channel)
-            mean, std = stats.mean, stats.std
-        elif scheme == "ct_soft":
-            stats = ct_stats[c]
-            soft_clip(channel, stats.percentile_00_5, stats.percentile_99_5, max(stats.std, _EPS))
-            mean, std = stats.mean, stats.std
-        else:
-            mean, std = _mean_std(channel)
+    for c, name in enumerate(schemes):
+        channel, scheme, stats = out[c], NORMALIZATIONS.get(name), ct_stats.get(c)
+        if scheme.transform is not None:
+            scheme.transform(channel, stats)
+        mean, std = (stats.mean, stats.std) if stats is not None else _mean_std(channel)
         channel -= np.float32(mean)
         channel /= np.float32(max(std, _EPS))
     return out
@@ -91,7 +116,8 @@ def normalize(
 def check_schemes(
     schemes: Sequence[str], num_channels: int, intensity: Mapping[str, ChannelIntensity]
 ) -> dict[int, ChannelIntensity]:
-    """Raise :class:`PlansError` unless ``schemes`` fit the channels; returns the statistics of each CT channel.
+    """Raise :class:`PlansError` unless ``schemes`` fit the channels; returns the dataset statistics of each channel
+    whose scheme standardises with them (the CT schemes).
 
     Shared by :func:`normalize` and the device-side normalisation of prediction, so both reject
     the same plans with the same message.
@@ -103,11 +129,12 @@ def check_schemes(
         )
     ct_stats = {}
     for c, scheme in enumerate(schemes):
-        if scheme not in SCHEMES:
+        if scheme not in NORMALIZATIONS:
             raise PlansError(
-                f"unknown normalisation scheme {scheme!r} for channel {c}; use one of {', '.join(SCHEMES)}"
+                f"unknown normalisation scheme {scheme!r} for channel {c}; use one of {', '.join(NORMALIZATIONS)} "
+                "(or load the module that registers it with VS_PLUGINS)"
             )
-        if scheme in CT_SCHEMES:
+        if NORMALIZATIONS.get(scheme).uses_dataset_statistics:
             if intensity.get(str(c)) is None:
                 raise PlansError(
                     f"plans hold no intensity statistics for CT channel {c}; re-run vs_plan_and_preprocess"
@@ -150,3 +177,20 @@ def _mean_std(channel: np.ndarray, slab_voxels: int = 1 << 22) -> tuple[float, f
         float(np.square(flat[i : i + rows].astype(np.float64) - mean).sum()) for i in range(0, flat.shape[0], rows)
     )
     return mean, (squares / max(channel.size, 1)) ** 0.5
+
+
+def _clip_to_percentiles(channel: np.ndarray, stats: ChannelIntensity | None) -> None:
+    assert stats is not None  # check_schemes guarantees dataset statistics
+    np.clip(channel, stats.percentile_00_5, stats.percentile_99_5, out=channel)
+
+
+def _soft_clip_to_percentiles(channel: np.ndarray, stats: ChannelIntensity | None) -> None:
+    assert stats is not None
+    soft_clip(channel, stats.percentile_00_5, stats.percentile_99_5, max(stats.std, _EPS))
+
+
+register_normalization("ct", uses_dataset_statistics=True, transform=_clip_to_percentiles,
+                       description="clip to the foreground 0.5-99.5 percentiles, dataset z-score (nnU-Net's CT)")
+register_normalization("ct_soft", uses_dataset_statistics=True, transform=_soft_clip_to_percentiles,
+                       description="log-compress outside the foreground percentiles, dataset z-score (CT vessels)")
+register_normalization("zscore", uses_dataset_statistics=False, description="this image's z-score (MR, microscopy)")

@@ -13,7 +13,7 @@ from vessel_seg.dataset import DatasetInfo
 from vessel_seg.errors import DatasetError
 from vessel_seg.paths import preprocessed_root, raw_root, resolve_dataset
 from vessel_seg.planners.fingerprint import DatasetFingerprint, extract_fingerprint
-from vessel_seg.planners.planner import plan_experiment
+from vessel_seg.planners.planner import PRESETS, plan_experiment
 from vessel_seg.planners.plans import Plans
 from vessel_seg.planners.preprocessing import preprocess_dataset
 from vessel_seg.planners.verify import verify_dataset
@@ -42,10 +42,10 @@ class PipelineResult:
 
 
 def preset_for(plans_name: str, preset: str | None) -> str:
-    """``-pl cpu`` selects the CPU preset; otherwise the explicit preset or ``gpu``."""
+    """The explicit preset; else the preset named like the plans (``-pl cpu``: the CPU preset); else ``gpu``."""
     if preset is not None:
         return preset
-    return "cpu" if plans_name == CPU_PLANS else "gpu"
+    return plans_name if plans_name in PRESETS else "gpu"
 
 
 def plan_and_preprocess(

@@ -64,10 +64,10 @@ from vessel_seg.planners.spacing import (
     resampled_shapes,
 )
 from vessel_seg.planners.topology import estimate_gflops, estimate_memory_gb, fit_patch_to_topology, shape_divisor
+from vessel_seg.registry import Registry
 
 log = logging.getLogger(__name__)
 
-PRESETS = ("gpu", "cpu")
 MIN_BATCH_SIZE = 2
 MAX_DATASET_FRACTION_PER_BATCH = 0.05
 LOWRES_COVERAGE = 0.25
@@ -90,7 +90,12 @@ CPU_FORWARD_GFLOP_BUDGET = CPU_CONV_GFLOPS * CPU_EFFICIENCY / (TRAINING_COST_FAC
 
 @dataclass(frozen=True)
 class PresetSettings:
-    """Network width and budget of one preset."""
+    """Network width, network class and budget of one preset (register new ones with :func:`register_preset`).
+
+    ``bytes_per_element`` is 2 where training runs in mixed precision (GPUs), 4 in fp32;
+    ``gflop_budget`` caps the forward pass of a batch (None: memory decides alone);
+    ``network_class`` is the registered network the plans ask for (:mod:`vessel_seg.networks.registry`).
+    """
 
     base_features: int
     max_features_3d: int
@@ -98,12 +103,19 @@ class PresetSettings:
     bytes_per_element: int
     overhead_gb: float
     gflop_budget: float | None
+    network_class: str = "ResUNet"
 
 
-PRESET_SETTINGS = {
-    "gpu": PresetSettings(32, 320, 512, bytes_per_element=2, overhead_gb=0.5, gflop_budget=None),
-    "cpu": PresetSettings(16, 128, 128, bytes_per_element=4, overhead_gb=0.25, gflop_budget=CPU_FORWARD_GFLOP_BUDGET),
-}
+PRESETS: Registry[PresetSettings] = Registry("planner preset")
+
+
+def register_preset(name: str, settings: PresetSettings, *, replace_existing: bool = False) -> PresetSettings:
+    """Make ``name`` a preset of ``vs_plan_and_preprocess --preset`` (and of ``-pl name``); returns ``settings``."""
+    return PRESETS.add(name, settings, replace_existing=replace_existing)
+
+
+register_preset("gpu", PresetSettings(32, 320, 512, bytes_per_element=2, overhead_gb=0.5, gflop_budget=None))
+register_preset("cpu", PresetSettings(16, 128, 128, bytes_per_element=4, overhead_gb=0.25, gflop_budget=CPU_FORWARD_GFLOP_BUDGET))
 
 
 @dataclass
@@ -156,7 +168,7 @@ def plan_patch_and_batch(
     max_batch = MAX_DATASET_FRACTION_PER_BATCH * dataset_voxels / math.prod(patch)
     while batch + 1 <= max_batch and budget.fits(topology, patch, batch + 1):
         batch += 1
-    return patch, topology, batch
+    return patch, replace(topology, network_class=budget.settings.network_class), batch
 
 
 def _configuration(
@@ -234,7 +246,7 @@ def plan_experiment(
         With the decisions taken listed in ``notes``.
     """
     if preset not in PRESETS:
-        raise PlansError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
+        raise PlansError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)} (or load a plugin with VS_PLUGINS)")
     if not gpu_memory_gb > 0:
         raise PlansError(f"gpu_memory_gb must be positive, got {gpu_memory_gb}")
     if not fingerprint.cases:
@@ -244,7 +256,7 @@ def plan_experiment(
             f"fingerprint of {dataset_name} has {fingerprint.num_channels} channels but dataset.json declares "
             f"{info.num_channels}; delete fingerprint.json and plan again"
         )
-    settings = PRESET_SETTINGS[preset]
+    settings = PRESETS.get(preset)
     budget = _Budget(settings, gpu_memory_gb, info.num_channels, len(info.labels))
     normalization = ["ct_soft" if info.is_ct(c) else "zscore" for c in range(info.num_channels)]
     spacing, notes = fullres_spacing(fingerprint)

@@ -42,6 +42,8 @@ class NetworkTopology:
     # Off by default: on the CPU preset it learned more slowly in the first 50 iterations
     # (pseudo Dice 0.40 / 0.67 against 0.61 / 0.74 after 25 / 50 iterations, 2026-11-30).
     zero_init_residual: bool = False
+    # Registered network class that reads this topology (vessel_seg.networks.registry); the planner plans "ResUNet".
+    network_class: str = "ResUNet"
 
     @property
     def num_stages(self) -> int:

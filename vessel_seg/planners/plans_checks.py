@@ -48,6 +48,8 @@ def topology_problem(t: NetworkTopology) -> str:
         return f"norm must be one of {', '.join(NORMS)}, got {t.norm!r}"
     if not math.isfinite(t.negative_slope) or not 0 <= t.negative_slope < 1:
         return f"negative_slope must be in [0, 1), got {t.negative_slope}"
+    if not isinstance(t.network_class, str) or not t.network_class.replace("_", "").replace("-", "").isalnum():
+        return f"network_class must be a registered network name, got {t.network_class!r}"
     return ""
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import cc3d
 import numpy as np
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from vessel_seg import case_store
 from vessel_seg.atomic import check_free_space, remove_stale_temporaries
@@ -335,7 +336,7 @@ def preprocess_dataset(
     if not jobs:
         return folders
     check_free_space(preprocessed_dataset_dir, sum(_stored_bytes(job) for job in jobs), "preprocessing")
-    with tqdm(total=len(jobs), desc="preprocessing", unit="case", disable=None) as bar:
+    with logging_redirect_tqdm(), tqdm(total=len(jobs), desc="preprocessing", unit="case", disable=None) as bar:
         if num_workers <= 1:
             for job in jobs:
                 _run_job(job)

@@ -72,6 +72,7 @@ from batchgenerators.transforms.spatial_transforms import MirrorTransform
 
 from vessel_seg.trainers.cascade_transforms import CascadeToOneHot, RandomBinaryMorphology, RandomComponentRemoval
 from vessel_seg.trainers.low_resolution import SimulateLowResolution
+from vessel_seg.trainers.skeleton_target import SkeletonTarget
 from vessel_seg.trainers.spatial import SpatialAugmentation
 
 DATA, TARGET = "data", "target"
@@ -225,6 +226,11 @@ def _cascade_transforms(cascade_labels: Sequence[int] | None, num_image_channels
     return steps
 
 
+def _final_steps(skeleton_target: bool) -> list:
+    """Dtypes and layout, then (if asked) the skeleton channel, which needs the final integer labels."""
+    return [FinalizeArrays(), SkeletonTarget()] if skeleton_target else [FinalizeArrays()]
+
+
 def _intensity_steps(fixed: int | None) -> list:
     """The intensity part of the recipe (noise, blur, brightness, contrast, low resolution, gamma); image only.
 
@@ -260,6 +266,7 @@ def training_transforms(
     cascade_labels: Sequence[int] | None = None,
     num_image_channels: int | None = None,
     spatial_order: int = 1,
+    skeleton_target: bool = False,
 ) -> Augmentation:
     """The training augmentation pipeline (see the module docstring for the recipe).
 
@@ -291,6 +298,9 @@ def training_transforms(
         Interpolation of the image in rotated/scaled/deformed samples: 1 (linear, default, as in
         nnU-Net v2) or 3 (cubic B-spline, about 1.5x the transform time per batch); labels are always
         resampled per label, linearly (see :mod:`vessel_seg.trainers.spatial`).
+    skeleton_target : bool
+        Append the label's tubed skeleton as target channel 1 (losses that need it, such as skeleton
+        recall), computed from the augmented label.
 
     Returns
     -------
@@ -322,7 +332,7 @@ def training_transforms(
     if axes:
         steps.append(MirrorTransform(axes, data_key=DATA, label_key=TARGET))
     steps += _cascade_transforms(cascade_labels, num_image_channels, train=True)
-    steps.append(FinalizeArrays())
+    steps += _final_steps(skeleton_target)
     return Augmentation(Compose(steps), patch, tuple(int(s) for s in sample), axes, fixed)
 
 
@@ -331,12 +341,13 @@ def validation_transforms(
     *,
     cascade_labels: Sequence[int] | None = None,
     num_image_channels: int | None = None,
+    skeleton_target: bool = False,
 ) -> Augmentation:
-    """The validation pipeline: cascade one-hot channels (if any) and the final dtypes only.
+    """The validation pipeline: cascade one-hot channels (if any), the final dtypes and the skeleton target.
 
     The loader must crop ``patch_size`` directly (``sample_patch_size == patch_size``); mirror
     axes are empty.
     """
     patch = tuple(int(p) for p in patch_size)
-    steps = _cascade_transforms(cascade_labels, num_image_channels, train=False) + [FinalizeArrays()]
+    steps = _cascade_transforms(cascade_labels, num_image_channels, train=False) + _final_steps(skeleton_target)
     return Augmentation(Compose(steps), patch, patch, (), None)

@@ -79,7 +79,7 @@ def _link_or_copy(source: Path, target: Path) -> None:
 
 def settings_metadata(settings) -> dict[str, Any]:
     """Settings as plain values, safe for weights_only loading."""
-    return {k: v for k, v in asdict(settings).items() if isinstance(v, (int, float, str, bool, type(None)))}
+    return {k: v for k, v in asdict(settings).items() if isinstance(v, (int, float, str, bool, type(None), dict, list))}
 
 
 def pretrained_weights(path: Path) -> dict:

@@ -4,7 +4,9 @@ Conventions for all losses in ``vessel_seg.trainers.losses*``:
 
 * ``logits`` are raw network outputs ``(B, C, *spatial)`` with ``C >= 2`` softmax classes
   (class 0 is background); 2D and 3D alike.
-* ``target`` holds integer class indices, ``(B, 1, *spatial)`` or ``(B, *spatial)``.
+* ``target`` holds integer class indices, ``(B, 1, *spatial)`` or ``(B, *spatial)``; a target
+  ``(B, T, *spatial)`` with ``T > 1`` carries auxiliary targets after channel 0 (the tubed skeleton
+  of skeleton recall) that only the losses asking for them read.
 * Losses are computed in float32 with autocast disabled, whatever the network ran in: sums over
   a 64³ patch in bfloat16 would lose most of their digits.
 * Losses are *minimised at 0*: Dice enters as ``1 - Dice`` (nnU-Net uses ``-Dice``, minimum -1;
@@ -22,10 +24,11 @@ from torch import Tensor, nn
 
 
 def as_index_target(target: Tensor, logits: Tensor) -> Tensor:
-    """``target`` as int64 class indices of shape ``(B, *spatial)`` matching ``logits`` ``(B, C, *spatial)``."""
+    """``target`` as int64 class indices of shape ``(B, *spatial)`` matching ``logits`` ``(B, C, *spatial)``.
+
+    With a channel axis, channel 0 holds the class indices (further channels are auxiliary targets).
+    """
     if target.dim() == logits.dim():
-        if target.shape[1] != 1:
-            raise ValueError(f"target must have one channel, got shape {tuple(target.shape)}")
         target = target[:, 0]
     expected = (logits.shape[0], *logits.shape[2:])
     if tuple(target.shape) != expected:

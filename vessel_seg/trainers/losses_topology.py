@@ -1,4 +1,4 @@
-"""Topology-aware losses: soft-clDice and centreline-weighted cross-entropy, with the soft morphology they use.
+"""Topology-aware losses: soft-clDice, centreline-weighted cross-entropy and skeleton recall, with the soft morphology they use.
 
 Everything runs in torch with separable min/max filters (on the GPU when the batch is there), 2D or 3D, and
 contains no data-dependent Python control flow. A ``kernel_size`` of 1 along an axis keeps the
@@ -210,3 +210,34 @@ class CenterlineWeightedCELoss(nn.Module):
         index = as_index_target(target, logits)
         weights = centerline_weights(index.unsqueeze(1), self.beta, self.gamma, self.iterations, self.kernel_size)
         return (weights[:, 0] * F.cross_entropy(logits, index, reduction="none")).mean()
+
+
+class SkeletonRecallLoss(nn.Module):
+    """``1 - mean_c recall_c`` of the target's tubed skeleton by the softmax probabilities.
+
+    ``recall_c = (sum(p_c * K_c) + smooth) / (sum(K_c) + smooth)`` with ``K_c`` the voxels of class
+    ``c`` in the skeleton channel (``target[:, 1]``, made by
+    :class:`~vessel_seg.trainers.skeleton_target.SkeletonTarget`) and sums over the batch and all
+    voxels (Kirchhoff et al., ECCV 2024). Only recall: a thin vessel the prediction misses
+    anywhere along its length costs as much as a thick one, whatever its volume, while precision is
+    left to Dice and cross-entropy. Empty skeletons give 0.
+
+    Raises ``ValueError`` when the target has no skeleton channel.
+    """
+
+    def __init__(self, smooth: float = 1.0) -> None:
+        super().__init__()
+        self.smooth = smooth
+
+    @float32_loss
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        if target.dim() != logits.dim() or target.shape[1] < 2:
+            raise ValueError(
+                f"skeleton recall needs the skeleton as target channel 1, got target {tuple(target.shape)} "
+                "(register the loss with needs_skeleton=True so that the data pipeline adds it)"
+            )
+        skeleton = one_hot(target[:, 1].long(), logits.shape[1])[:, 1:]
+        probs = torch.softmax(logits, dim=1)[:, 1:]
+        axes = [0, *range(2, logits.dim())]
+        recall = ((probs * skeleton).sum(axes) + self.smooth) / (skeleton.sum(axes) + self.smooth)
+        return 1 - recall.mean()

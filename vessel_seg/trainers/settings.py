@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from vessel_seg.trainers.losses import LOSS_NAMES as LOSSES
+from vessel_seg.trainers.losses import loss_entry
 
 OPTIMIZERS = ("sgd", "adamw")
 DEFAULT_LR = {"adamw": 3e-3, "sgd": 1e-2}  # initial learning rate when none is given
 COMPILE_MODES = ("auto", "on", "off")
+# Keyword arguments of trainers.augmentation.training_transforms that a run may change.
+AUGMENTATION_OPTIONS = ("mirror_axes", "rotation_deg", "scale_range", "p_rotation", "p_scale", "elastic", "p_elastic",
+                        "spatial_order")
 
 
 @dataclass
@@ -55,7 +58,10 @@ class TrainingSettings:
     final_validation: bool = True
     # Also write fold_K/validation/CASE.npz (float16 probabilities) for ensemble and gap-bridging selection.
     save_validation_probabilities: bool = True
-    # Best checkpoint: highest exponential moving average of mean(pseudo-Dice, pseudo-clDice).
+    # Changes to nnU-Net's augmentation recipe, by training_transforms keyword (AUGMENTATION_OPTIONS), e.g.
+    # {"mirror_axes": [1, 2], "p_rotation": 0.0}; empty: the recipe as it is.
+    augmentation: dict = field(default_factory=dict)
+    # Best checkpoint: highest exponential moving average of validation.selection_score (pseudo-Dice, clDice, components).
     ema_decay: float = 0.9
 
     def __post_init__(self) -> None:
@@ -63,8 +69,7 @@ class TrainingSettings:
             self.compile = "on" if self.compile else "off"
         if self.compile not in COMPILE_MODES:
             raise ValueError(f"unknown compile mode {self.compile!r}: use one of {', '.join(COMPILE_MODES)}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"unknown loss {self.loss!r}: use one of {', '.join(LOSSES)}")
+        loss_entry(self.loss)  # ValueError naming the registered losses
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
         if self.snapshot_every < 0:
@@ -75,6 +80,9 @@ class TrainingSettings:
             raise ValueError("num_workers must be 0 or more (or None to choose automatically)")
         if self.epochs < 1 or self.iterations_per_epoch < 1:
             raise ValueError("epochs and iterations per epoch must be at least 1")
+        unknown = set(self.augmentation) - set(AUGMENTATION_OPTIONS)
+        if unknown:
+            raise ValueError(f"unknown augmentation option(s) {', '.join(sorted(unknown))}: use {', '.join(AUGMENTATION_OPTIONS)}")
         self._check_numbers()
 
     def _check_numbers(self) -> None:

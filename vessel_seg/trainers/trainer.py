@@ -2,6 +2,11 @@
 
 ``train(job)`` is the library entry point behind ``vs_train``. Everything about the data comes from
 the plans; everything about the run from :class:`TrainingSettings`.
+
+:class:`Trainer` runs one job; its ``make_*`` methods build the parts (network, loss, optimiser,
+augmentation) and ``run_epoch`` / ``end_epoch`` / ``finish`` are the steps of the loop, so a
+variant subclasses it and overrides only what it changes, as nnU-Net's trainer classes do. Variants
+are registered by name (:mod:`vessel_seg.trainers.variants`); ``vs_train -tr NAME`` picks one.
 """
 
 from __future__ import annotations
@@ -18,22 +23,24 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from vessel_seg.atomic import remove_stale_temporaries
 from vessel_seg.case_store import list_cases
+from vessel_seg.checkpoint import load_checkpoint
 from vessel_seg.device import amp_dtype, configure_backends, dtype_name, preferred_memory_format, select_device
 from vessel_seg.errors import CheckpointError, TrainingError
 from vessel_seg.model_folder import snapshot_name
-from vessel_seg.networks.resunet import build_network
+from vessel_seg.networks.registry import build_network
 from vessel_seg.paths import raw_root
-from vessel_seg.trainers.augmentation import training_transforms, validation_transforms
+from vessel_seg.trainers.augmentation import Augmentation, training_transforms, validation_transforms
 from vessel_seg.trainers.background import BackgroundBatches
 from vessel_seg.trainers.checkpointer import Checkpointer, load_pretrained_weights, settings_metadata, unwrap
 from vessel_seg.trainers.dataloading import PatchLoader
 from vessel_seg.trainers.distributed import DistributedContext, barrier, init_distributed, shutdown
-from vessel_seg.trainers.losses import build_loss
+from vessel_seg.trainers.losses import build_loss, loss_entry
 from vessel_seg.trainers.optimization import build_optimizer, scheduled_lr, set_lr, with_this_machines_kernels
-from vessel_seg.trainers.progress import EpochRecord, TrainingLog
+from vessel_seg.trainers.progress import EpochRecord, TrainingLog, fold_text_log
 from vessel_seg.trainers.settings import TrainingSettings
 from vessel_seg.trainers.splits import fold_cases, load_or_create_splits
 from vessel_seg.trainers.step import CompileDecision, TrainingStep, compile_decision, make_grad_scaler
@@ -58,18 +65,26 @@ class TrainingResult:
     network: torch.nn.Module | None = None
 
 
-def _batches(ctx: TrainingContext, ids, settings, dist: DistributedContext, train: bool, batch_size: int):
-    """Background batch iterator and the augmentation that feeds it."""
+def default_augmentation(ctx: TrainingContext, settings: TrainingSettings, train: bool) -> Augmentation:
+    """nnU-Net's augmentation recipe for the configuration (validation: none), with the plans' anisotropy threshold,
+    the run's ``settings.augmentation`` changes, and the skeleton channel if the loss reads it."""
     cascade_labels = ctx.label_values[1:] if ctx.previous_stage_dir is not None else None
     num_channels = ctx.info.num_channels
-    seed = settings.seed + 1000 * dist.rank + (0 if train else 500)
+    skeleton = loss_entry(settings.loss).needs_skeleton
     if train:
-        aug = training_transforms(
+        return training_transforms(
             ctx.config.patch_size, ctx.config.spacing[-len(ctx.config.patch_size):],
-            cascade_labels=cascade_labels, num_image_channels=num_channels,
+            anisotropy_threshold=ctx.config.anisotropy_threshold, cascade_labels=cascade_labels,
+            num_image_channels=num_channels, skeleton_target=skeleton, **settings.augmentation,
         )
-    else:
-        aug = validation_transforms(ctx.config.patch_size, cascade_labels=cascade_labels, num_image_channels=num_channels)
+    return validation_transforms(
+        ctx.config.patch_size, cascade_labels=cascade_labels, num_image_channels=num_channels, skeleton_target=skeleton,
+    )
+
+
+def _batches(ctx: TrainingContext, ids, settings, dist: DistributedContext, aug: Augmentation, train: bool, batch_size: int):
+    """Background batch iterator fed by ``aug``."""
+    seed = settings.seed + 1000 * dist.rank + (0 if train else 500)
     loader = PatchLoader(
         ctx.data_dir, ids, ctx.config.patch_size, batch_size, sample_patch_size=aug.sample_patch_size,
         previous_stage_dir=ctx.previous_stage_dir, seed=seed,
@@ -78,7 +93,7 @@ def _batches(ctx: TrainingContext, ids, settings, dist: DistributedContext, trai
     batches = BackgroundBatches(
         loader, aug.transform, workers, pin_memory=torch.cuda.is_available(), seed=seed, deterministic=not train
     )
-    return batches, aug
+    return batches
 
 
 @dataclass
@@ -112,53 +127,158 @@ class _Run:
     state: _State
 
 
+class Trainer:
+    """One training job: builds its parts with the ``make_*`` methods and runs the loop.
+
+    Override points (each a small method): :meth:`make_network`, :meth:`make_loss`,
+    :meth:`make_optimizer`, :meth:`make_augmentation`, :meth:`run_epoch`, :meth:`end_epoch` and
+    :meth:`finish`. Register a subclass as a trainer variant
+    (:func:`vessel_seg.trainers.variants.register_trainer`) to use it from ``vs_train -tr``.
+    """
+
+    def __init__(self, job: TrainingJob, settings: TrainingSettings | None = None) -> None:
+        self.job = job
+        self.settings = settings or job.settings or TrainingSettings()
+        self.ctx = TrainingContext(job)
+
+    # ---------------------------------------------------------------- parts a variant may replace
+
+    def make_network(self, in_channels: int) -> torch.nn.Module:
+        """The network the plans describe (``NetworkTopology.network_class``), fresh weights."""
+        return build_network(self.ctx.config.network, in_channels, len(self.ctx.label_values))
+
+    def make_loss(self, network: torch.nn.Module) -> Callable:
+        """The registered loss ``settings.loss``, wrapped for the network's deep supervision."""
+        kernel = [1 if k == 1 else 3 for k in self.ctx.config.network.kernel_sizes[0]]
+        return build_loss(
+            self.settings.loss, network.deep_supervision, network.num_outputs, batch_dice=self.ctx.config.batch_dice,
+            kernel_size=kernel,
+        )
+
+    def make_optimizer(self, network: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
+        return build_optimizer(network, self.settings, device)
+
+    def make_augmentation(self, train: bool) -> Augmentation:
+        return default_augmentation(self.ctx, self.settings, train)
+
+    # ---------------------------------------------------------------- the loop
+
+    def run(self) -> TrainingResult:
+        """Train the fold: set up, run the remaining epochs, finish (final checkpoint, validation)."""
+        if self.job.validate_only is not None:
+            return self.validate(self.job.validate_only)
+        job, ctx = self.job, self.ctx
+        device, dist = _start_runtime(self.settings)
+        self.settings = settings = _resolve_workers(self.settings, device, dist)
+        train_ids, val_ids = _fold_split(ctx, job, dist)
+        dtype = amp_dtype(device, settings.amp)
+        memory_format = preferred_memory_format(device, ctx.config.dim, dtype, settings.channels_last)
+        model = self._build_model(device, memory_format)
+        if dist.is_main:  # only now: a refused --pretrained or plans leaves no model folder behind
+            copy_model_files(ctx)
+            ctx.fold_dir.mkdir(parents=True, exist_ok=True)
+        with fold_text_log(ctx.fold_dir, enabled=dist.is_main), logging_redirect_tqdm():
+            return self._run_in_fold(device, dist, dtype, memory_format, model, train_ids, val_ids)
+
+    def _run_in_fold(self, device, dist, dtype, memory_format, model: _Model, train_ids, val_ids) -> TrainingResult:
+        """The part of :meth:`run` that logs into the fold's ``training_log.txt``."""
+        job, ctx, settings = self.job, self.ctx, self.settings
+        checkpointer = Checkpointer(ctx.fold_dir, {
+            "dataset": ctx.dataset_name, "configuration": ctx.config.name, "plans": job.plans_name,
+            "fold": str(job.fold), "in_channels": model.in_channels, "num_classes": len(ctx.label_values),
+            "trainer": job.trainer_name, "settings": settings_metadata(settings),
+        })
+        state = _resume(checkpointer, model, settings, device) if job.resume else _State()
+        progress = TrainingLog(ctx.fold_dir)
+        if dist.is_main:
+            _prepare_fold(ctx.fold_dir, progress, state, settings)
+        self.run_state = run = _Run(ctx, settings, dist, model, checkpointer, progress, state)
+        remaining = (settings.epochs - state.start_epoch) * settings.iterations_per_epoch
+        step, compiling = _training_step(model, settings, device, dist, dtype, memory_format, remaining)
+
+        batch_size = max(1, ctx.config.batch_size // dist.world_size)
+        aug = self.make_augmentation(True)
+        train_batches = _batches(ctx, train_ids, settings, dist, aug, True, batch_size)
+        val_batches = _batches(ctx, val_ids, settings, dist, self.make_augmentation(False), False, batch_size)
+        mirror_axes = tuple(aug.mirror_axes)
+        checkpointer.metadata["mirror_axes"] = list(mirror_axes)  # the predictor mirrors the same axes
+        if dist.is_main:
+            log.info(_start_banner(run, device, dtype, compiling, memory_format, len(train_ids), len(val_ids), batch_size))
+        show_bar = dist.is_main and sys.stderr.isatty()
+        try:
+            for epoch in range(state.start_epoch, settings.epochs):
+                self.run_epoch(step, train_batches, val_batches, epoch, show_bar)
+        finally:
+            train_batches.close()
+            val_batches.close()
+        summary = self.finish(val_ids, mirror_axes, device, dtype is not None)
+        return TrainingResult(ctx.fold_dir, settings.epochs - state.start_epoch, state.best_score, summary, model.network)
+
+    def validate(self, checkpoint: str = "final") -> TrainingResult:
+        """Only the final full-volume validation of the fold's ``checkpoint_<checkpoint>.pt`` (``vs_train --val``)."""
+        ctx = self.ctx
+        path = ctx.fold_dir / f"checkpoint_{checkpoint}.pt"
+        if not path.is_file():
+            raise CheckpointError(f"{path}: no such checkpoint; train this fold first (vs_train without --val)")
+        device, dist = _start_runtime(self.settings)
+        _, val_ids = _fold_split(ctx, self.job, dist)
+        state = load_checkpoint(path, map_location=device)
+        in_channels = ctx.info.num_channels + (len(ctx.label_values) - 1 if ctx.previous_stage_dir else 0)
+        network = self.make_network(in_channels).to(device)
+        network.load_state_dict(state["network_weights"])
+        metadata = state.get("metadata") or {}
+        mirror_axes = tuple(metadata.get("mirror_axes", range(ctx.config.dim)))
+        amp = amp_dtype(device, self.settings.amp) is not None
+        with fold_text_log(ctx.fold_dir, enabled=dist.is_main):
+            log.info("validating %s only (--val): %d case(s)", path.name, len(val_ids))
+            summary = _final_validation(ctx, network, val_ids, mirror_axes, device, amp, self.settings.save_validation_probabilities)
+        shutdown(dist)
+        return TrainingResult(ctx.fold_dir, 0, float(state.get("best_score", math.nan)), summary, network)
+
+    def run_epoch(self, step: TrainingStep, train_batches, val_batches, epoch: int, show_bar: bool) -> None:
+        """Train ``iterations_per_epoch`` steps, validate on patches, then :meth:`end_epoch`."""
+        _run_epoch(self, step, train_batches, val_batches, epoch, show_bar)
+
+    def end_epoch(self, step: TrainingStep, epoch: int, record: EpochRecord, started: float) -> None:
+        """EMA score, checkpoints, the progress log and the epoch's log line."""
+        _end_epoch(self.run_state, step, epoch, record, started)
+
+    def finish(self, val_ids, mirror_axes, device: torch.device, amp: bool) -> dict | None:
+        """Final checkpoint, full-volume validation and next-stage predictions."""
+        return _finish(self.run_state, self.job, val_ids, mirror_axes, device, amp)
+
+    def _build_model(self, device: torch.device, memory_format: torch.memory_format) -> _Model:
+        ctx = self.ctx
+        in_channels = ctx.info.num_channels + (len(ctx.label_values) - 1 if ctx.previous_stage_dir else 0)
+        network = self.make_network(in_channels).to(device)
+        if memory_format != torch.contiguous_format:
+            network = network.to(memory_format=memory_format)
+        if self.job.pretrained is not None:
+            load_pretrained_weights(network, self.job.pretrained)
+        optimizer = self.make_optimizer(network, device)
+        scaler = make_grad_scaler(device, amp_dtype(device, self.settings.amp))
+        return _Model(network, in_channels, optimizer, scaler, self.make_loss(network))
+
+
 def train(job: TrainingJob) -> TrainingResult:
-    """Train one fold of one configuration (see :class:`TrainingSettings` for the defaults)."""
-    settings = job.settings or TrainingSettings()
-    ctx = TrainingContext(job)
-    device, dist = _start_runtime(settings)
-    settings = _resolve_workers(settings, device, dist)
-    train_ids, val_ids = _fold_split(ctx, job, dist)
-    dtype = amp_dtype(device, settings.amp)
-    memory_format = preferred_memory_format(device, ctx.config.dim, dtype, settings.channels_last)
-    model = _build_model(ctx, job, settings, device, dtype, memory_format)
-    if dist.is_main:  # only now: a refused --pretrained or plans leaves no model folder behind
-        copy_model_files(ctx)
-        ctx.fold_dir.mkdir(parents=True, exist_ok=True)
-    checkpointer = Checkpointer(ctx.fold_dir, {
-        "dataset": ctx.dataset_name, "configuration": ctx.config.name, "plans": job.plans_name,
-        "fold": str(job.fold), "in_channels": model.in_channels, "num_classes": len(ctx.label_values),
-        "trainer": job.trainer_name, "settings": settings_metadata(settings),
-    })
-    state = _resume(checkpointer, model, settings, device) if job.resume else _State()
-    progress = TrainingLog(ctx.fold_dir)
-    if dist.is_main:
-        progress.truncate(state.start_epoch)
-        # A fold belongs to one run: temporaries of a killed checkpoint write are garbage now, whatever their age.
-        remove_stale_temporaries(ctx.fold_dir, older_than_s=0)
-        if state.start_epoch < settings.epochs:
-            _drop_stale_validation(ctx.fold_dir)
-    run = _Run(ctx, settings, dist, model, checkpointer, progress, state)
-    remaining = (settings.epochs - state.start_epoch) * settings.iterations_per_epoch
-    step, compiling = _training_step(model, settings, device, dist, dtype, memory_format, remaining)
+    """Train one fold of one configuration with the trainer variant ``job.trainer_name`` (default :class:`Trainer`).
 
-    batch_size = max(1, ctx.config.batch_size // dist.world_size)
-    train_batches, aug = _batches(ctx, train_ids, settings, dist, True, batch_size)
-    val_batches, _ = _batches(ctx, val_ids, settings, dist, False, batch_size)
-    mirror_axes = tuple(aug.mirror_axes)
-    checkpointer.metadata["mirror_axes"] = list(mirror_axes)  # the predictor mirrors the same axes
-    if dist.is_main:
-        log.info(_start_banner(run, device, dtype, compiling, memory_format, len(train_ids), len(val_ids), batch_size))
-    show_bar = dist.is_main and sys.stderr.isatty()
-    try:
-        for epoch in range(state.start_epoch, settings.epochs):
-            _run_epoch(run, step, train_batches, val_batches, epoch, show_bar)
-    finally:
-        train_batches.close()
-        val_batches.close()
+    A registered variant brings its trainer class and, when ``job.settings`` is None, its settings;
+    an unregistered name trains with the default trainer into a run folder of that name.
+    """
+    from vessel_seg.trainers.variants import trainer_for
 
-    summary = _finish(run, job, val_ids, mirror_axes, device, dtype is not None)
-    return TrainingResult(ctx.fold_dir, settings.epochs - state.start_epoch, state.best_score, summary, model.network)
+    trainer_class, settings = trainer_for(job.trainer_name, job.settings)
+    return trainer_class(job, settings).run()
+
+
+def _prepare_fold(fold_dir: Path, progress: TrainingLog, state: _State, settings: TrainingSettings) -> None:
+    """Log truncated to the resumed epoch, temporaries of killed writes removed, stale validation dropped."""
+    progress.truncate(state.start_epoch)
+    # A fold belongs to one run: temporaries of a killed checkpoint write are garbage now, whatever their age.
+    remove_stale_temporaries(fold_dir, older_than_s=0)
+    if state.start_epoch < settings.epochs:
+        _drop_stale_validation(fold_dir)
 
 
 def _start_runtime(settings: TrainingSettings) -> tuple[torch.device, DistributedContext]:
@@ -189,24 +309,6 @@ def _fold_split(ctx: TrainingContext, job: TrainingJob, dist: DistributedContext
     if splits is None:
         splits = load_or_create_splits(ctx.preprocessed_dir, ctx.case_ids)
     return fold_cases(splits, job.fold)
-
-
-def _build_model(
-    ctx: TrainingContext, job: TrainingJob, settings: TrainingSettings, device: torch.device,
-    dtype: torch.dtype | None, memory_format: torch.memory_format,
-) -> _Model:
-    in_channels = ctx.info.num_channels + (len(ctx.label_values) - 1 if ctx.previous_stage_dir else 0)
-    network = build_network(ctx.config.network, in_channels, len(ctx.label_values)).to(device)
-    if memory_format != torch.contiguous_format:
-        network = network.to(memory_format=memory_format)
-    if job.pretrained is not None:
-        load_pretrained_weights(network, job.pretrained)
-    optimizer = build_optimizer(network, settings, device)
-    loss_fn = build_loss(
-        settings.loss, network.deep_supervision, network.num_outputs, batch_dice=ctx.config.batch_dice,
-        kernel_size=[1 if k == 1 else 3 for k in ctx.config.network.kernel_sizes[0]],
-    )
-    return _Model(network, in_channels, optimizer, make_grad_scaler(device, dtype), loss_fn)
 
 
 def _resume(checkpointer: Checkpointer, model: _Model, settings: TrainingSettings, device: torch.device) -> _State:
@@ -280,7 +382,8 @@ def _start_banner(
     )
 
 
-def _run_epoch(run: _Run, step: TrainingStep, train_batches, val_batches, epoch: int, show_bar: bool) -> None:
+def _run_epoch(trainer: Trainer, step: TrainingStep, train_batches, val_batches, epoch: int, show_bar: bool) -> None:
+    run = trainer.run_state
     settings = run.settings
     started = time.perf_counter()
     lr = scheduled_lr(settings, epoch, 0)
@@ -306,16 +409,17 @@ def _run_epoch(run: _Run, step: TrainingStep, train_batches, val_batches, epoch:
         metrics.update((out[0] if isinstance(out, (list, tuple)) else out).float(), target)
     val_batches.pop_mean_wait()
     val_loss = val_loss_sum.item() / settings.validation_iterations if settings.validation_iterations else math.nan
-    _end_epoch(run, step, epoch, EpochRecord(
+    trainer.end_epoch(step, epoch, EpochRecord(
         epoch=epoch, train_loss=train_loss, val_loss=val_loss, pseudo_dice=metrics.dice, pseudo_cldice=metrics.cldice,
         ema_score=math.nan, learning_rate=lr, epoch_seconds=0.0, data_wait_seconds=data_wait,
+        pseudo_betti0_error=metrics.betti0_error,
     ), started)
 
 
 def _end_epoch(run: _Run, step: TrainingStep, epoch: int, record: EpochRecord, started: float) -> None:
     """EMA score, best/latest/snapshot checkpoints, the progress log and the epoch's log line."""
     settings, state, checkpointer = run.settings, run.state, run.checkpointer
-    score = selection_score(record.pseudo_dice, record.pseudo_cldice)
+    score = selection_score(record.pseudo_dice, record.pseudo_cldice, record.pseudo_betti0_error)
     state.ema = score if state.ema is None else settings.ema_decay * state.ema + (1 - settings.ema_decay) * score
     if not run.dist.is_main:
         return
@@ -332,8 +436,9 @@ def _end_epoch(run: _Run, step: TrainingStep, epoch: int, record: EpochRecord, s
     record.epoch_seconds = time.perf_counter() - started
     run.progress.append(record)
     log.info(
-        "epoch %d: train loss %.4f, val loss %.4f, pseudo Dice %.4f, pseudo clDice %.4f, %.1f s (data wait %.3f s/it)",
-        epoch, record.train_loss, record.val_loss, record.pseudo_dice, record.pseudo_cldice,
+        "epoch %d: train loss %.4f, val loss %.4f, pseudo Dice %.4f, pseudo clDice %.4f, Betti-0 error %.2f, "
+        "%.1f s (data wait %.3f s/it)",
+        epoch, record.train_loss, record.val_loss, record.pseudo_dice, record.pseudo_cldice, record.pseudo_betti0_error,
         time.perf_counter() - started, record.data_wait_seconds,
     )
 

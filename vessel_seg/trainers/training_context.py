@@ -25,6 +25,8 @@ class TrainingJob:
     resume: bool = False
     pretrained: Path | None = None
     trainer_name: str = DEFAULT_TRAINER
+    # "final" or "best": no training, only the final full-volume validation of that checkpoint (nnU-Net's --val).
+    validate_only: str | None = None
 
 
 class TrainingContext:
