@@ -76,7 +76,8 @@ def train_timed(args: argparse.Namespace, env: dict[str, str], log_path: Path) -
 def evaluate_checkpoint(model_dir: Path, fold: str, checkpoint: str, tta: bool, work: Path) -> dict:
     """Segment the held-out cases with one checkpoint; mean foreground Dice/clDice and seconds per case."""
     from vessel_seg.evaluation.evaluate import evaluate_folders
-    from vessel_seg.inference.predictor import load_trained_model, predict_folder
+    from vessel_seg.inference.prediction_run import predict_folder
+    from vessel_seg.inference.predictor import load_trained_model
     from vessel_seg.paths import dataset_name, raw_root
 
     raw = raw_root() / dataset_name(DATASET_ID, "Synthetic")

@@ -87,9 +87,9 @@ def run_train(argv: list[str], timings: Path) -> int:
     records: list[dict] = []
     make_batches = trainer_module._batches
 
-    def timed_batches(ctx, ids, settings, dist, train: bool, batch_size: int):
-        batches, aug = make_batches(ctx, ids, settings, dist, train, batch_size)
-        return (TimedBatches(batches, records) if train else batches), aug
+    def timed_batches(ctx, ids, settings, dist, aug, train: bool, batch_size: int):
+        batches = make_batches(ctx, ids, settings, dist, aug, train, batch_size)
+        return TimedBatches(batches, records) if train else batches
 
     trainer_module._batches = timed_batches
     started = time.perf_counter()

@@ -192,7 +192,7 @@ def test_recipe_gap_bridging_runs_on_the_streamed_prediction(tmp_path, caplog):
     unbridged, _ = read_label(tmp_path / "plain" / "g.nii.gz")
     assert count_components(unbridged) == 2 and count_components(bridged) == 1
     assert bridged[8, 8, 20] == 1 and not unbridged[:, :, 19:21].any()
-    assert "bridged 1 gap(s)" in caplog.text and "recipe: bridge gaps <= 6 mm" in caplog.text
+    assert "g: 2 -> 1 component(s) (recipe: bridge gaps <= 6 mm" in caplog.text
 
 
 def test_masks_of_another_model_are_predicted_again_and_the_log_says_why(tmp_path, caplog):

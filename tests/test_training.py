@@ -224,7 +224,8 @@ def test_ddp_on_gloo_keeps_weights_identical(tiny_dataset, tmp_path):
 
 def test_trained_model_predicts_raw_images_in_their_geometry(roots):
     from vessel_seg.imageio import read_array
-    from vessel_seg.inference.predictor import load_trained_model, predict_folder
+    from vessel_seg.inference.prediction_run import predict_folder
+    from vessel_seg.inference.predictor import load_trained_model
 
     result = train(TrainingJob(7, "3d_fullres", "all", "cpu", quick(final_validation=False), trainer_name="predict"))
     model = load_trained_model(result.fold_dir.parent)

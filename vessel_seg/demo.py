@@ -20,7 +20,8 @@ from vessel_seg.dataset_conversion.synthetic import generate_dataset  # noqa: E4
 from vessel_seg.evaluation.benchmark import benchmark_methods  # noqa: E402
 from vessel_seg.evaluation.evaluate import evaluate_folders, format_summary_table  # noqa: E402
 from vessel_seg.imageio import read_array  # noqa: E402
-from vessel_seg.inference.predictor import load_trained_model, predict_folder  # noqa: E402
+from vessel_seg.inference.prediction_run import predict_folder  # noqa: E402
+from vessel_seg.inference.predictor import load_trained_model  # noqa: E402
 from vessel_seg.inference.preview import save_mip_preview  # noqa: E402
 from vessel_seg.paths import dataset_name, raw_root, results_root  # noqa: E402
 from vessel_seg.planners.pipeline import CPU_PLANS, plan_and_preprocess  # noqa: E402

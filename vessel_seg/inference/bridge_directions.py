@@ -37,6 +37,15 @@ def _skeleton_endpoints(skeleton: np.ndarray) -> np.ndarray:
     return np.argwhere(skeleton & (neighbours == 1))
 
 
+def _axis_extremes(points: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """The two points of ``points`` (indices) farthest apart along their principal axis (in mm)."""
+    physical = points * spacing
+    centred = physical - physical.mean(axis=0)
+    axis = np.linalg.svd(centred, full_matrices=False)[2][0]
+    projection = centred @ axis
+    return points[[int(np.argmin(projection)), int(np.argmax(projection))]]
+
+
 def piece_ends(piece: np.ndarray, spacing: np.ndarray, radius_mm: float) -> list[PieceEnd] | None:
     """The ends of the piece ``piece`` (bool crop) with the vessel's outward direction at each.
 
@@ -44,20 +53,26 @@ def piece_ends(piece: np.ndarray, spacing: np.ndarray, radius_mm: float) -> list
     3 voxels)`` of the end voxel to the end voxel itself: the local course of the vessel, not its
     overall axis, so a curved vessel is followed along its curve.
 
+    A skeleton two voxels thick (the medial ridge of an even-width tube, see
+    :func:`vessel_seg.morphology.skeleton`) has no voxel with a single neighbour; its ends are then
+    the two extremes along its principal axis.
+
     Returns
     -------
     list of PieceEnd, or None
         None for a blob without direction (skeleton of fewer than :data:`MIN_SKELETON_VOXELS`
-        voxels); an empty list for a piece with a skeleton but no end (a closed loop), which is
-        then never bridged.
+        voxels).
     """
     skeleton = vessel_skeleton(piece)
     points = np.argwhere(skeleton)
     if len(points) < MIN_SKELETON_VOXELS:
         return None
     reach = max(2.0 * radius_mm, 3.0 * float(spacing.max()))
+    candidates = _skeleton_endpoints(skeleton)
+    if len(candidates) == 0:
+        candidates = _axis_extremes(points, spacing)
     ends = []
-    for end in _skeleton_endpoints(skeleton):
+    for end in candidates:
         offsets = (points - end) * spacing
         near = points[np.linalg.norm(offsets, axis=1) <= reach]
         outward = (end - near.mean(axis=0)) * spacing

@@ -215,7 +215,7 @@ class BridgeLimits:
 
     max_gap_mm: float
     min_probability: float = 0.2
-    min_mean_probability: float = 0.3
+    min_mean_probability: float = 0.25
     max_angle_deg: float | None = 40.0
 
 
@@ -223,8 +223,8 @@ def _passable(piece: np.ndarray, main: np.ndarray, vessel: np.ndarray, prob: np.
               limits: BridgeLimits, piece_radius: float) -> tuple[np.ndarray | None, list[PieceEnd] | None]:
     """Voxels a bridge from ``piece`` may use (vessel, or probable enough and, if directed, ahead of an end), and the ends.
 
-    The mask is None when the piece has a skeleton but no end (a loop): nothing to continue. The
-    ends are None when direction does not apply (switched off, or a blob without a skeleton line).
+    The mask is None when the piece has a skeleton but no usable end: nothing to continue. The ends
+    are None when direction does not apply (switched off, or a blob without a skeleton line).
     """
     passable = vessel | (prob >= limits.min_probability)
     if limits.max_angle_deg is None:
@@ -301,7 +301,7 @@ def bridge_gaps(
     max_gap_mm: float,
     min_probability: float = 0.2,
     *,
-    min_mean_probability: float = 0.3,
+    min_mean_probability: float = 0.25,
     max_angle_deg: float | None = 40.0,
 ) -> np.ndarray:
     """Reconnect vessel pieces cut off from the main tree by a short gap, along the vessel's own direction.

@@ -48,7 +48,7 @@ from vessel_seg.inference.predictor import (
 )
 from vessel_seg.inference.provenance import ProvenanceLog, run_identity
 
-__all__ = ["PredictionOptions", "find_input_cases", "predict_case", "predict_cases"]  # options and finder: re-exported
+__all__ = ["PredictionOptions", "find_input_cases", "predict_case", "predict_cases", "predict_folder"]  # options and finder: re-exported
 
 log = logging.getLogger(__name__)
 
@@ -320,3 +320,17 @@ def predict_cases(
         )
     return seconds
 
+
+def predict_folder(
+    model: TrainedModel, input_dir: str | Path, output_dir: str | Path, use_tta: bool = True, overwrite: bool = False
+) -> dict[str, float]:
+    """Segment every case in a folder named like nnU-Net's ``imagesTs``; returns seconds per case.
+
+    Cases whose output the same model and settings already wrote are skipped unless ``overwrite``
+    (others are predicted again); each output is written atomically, so a killed run leaves only
+    complete files and a rerun finishes the rest.
+    """
+    start = time.perf_counter()
+    seconds = predict_cases([model], input_dir, output_dir, PredictionOptions(use_tta=use_tta, overwrite=overwrite))
+    log.debug("predict_folder: %.1f s", time.perf_counter() - start)
+    return seconds

@@ -9,7 +9,6 @@ resampled onto the full-resolution preprocessed grid and appended as one-hot inp
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -297,20 +296,3 @@ def predict_original_probabilities(
 def labels_from_original_probabilities(probabilities: np.ndarray, label_values: Sequence[int]) -> np.ndarray:
     """Arg-max of ``(K, Z, Y, X)`` probabilities mapped to the label values (class i -> ``label_values[i]``)."""
     return labels_from_probabilities(torch.from_numpy(np.asarray(probabilities)), label_values)
-
-
-def predict_folder(
-    model: TrainedModel, input_dir: str | Path, output_dir: str | Path, use_tta: bool = True, overwrite: bool = False
-) -> dict[str, float]:
-    """Segment every case in a folder named like nnU-Net's ``imagesTs``; returns seconds per case.
-
-    Cases whose output the same model and settings already wrote are skipped unless ``overwrite``
-    (others are predicted again); each output is written atomically, so a killed run leaves only
-    complete files and a rerun finishes the rest.
-    """
-    from vessel_seg.inference.prediction_run import PredictionOptions, predict_cases
-
-    start = time.perf_counter()
-    seconds = predict_cases([model], input_dir, output_dir, PredictionOptions(use_tta=use_tta, overwrite=overwrite))
-    log.debug("predict_folder: %.1f s", time.perf_counter() - start)
-    return seconds

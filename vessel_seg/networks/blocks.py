@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-NORMS = ("instance", "batch")
+from vessel_seg.planners.plans_checks import NORMS
 
 
 def conv_layer(dim: int) -> type[nn.Module]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vessel_seg.errors import PlansError
+from vessel_seg.planners.plans_checks import plans_problem
 from vessel_seg.serialization import from_dict, read_json, write_json_atomic
 
 CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
@@ -130,8 +131,6 @@ class Plans:
             plans = from_dict(cls, read_json(path))
         except (ValueError, TypeError, KeyError, OverflowError, AttributeError) as exc:
             raise PlansError(f"{path}: invalid plans file ({exc}); re-run vs_plan_and_preprocess") from exc
-        from vessel_seg.planners.plans_checks import plans_problem  # imports the network blocks: only when loading
-
         problem = plans_problem(plans)
         if problem:
             raise PlansError(f"{path}: {problem}; fix the value or re-run vs_plan_and_preprocess")

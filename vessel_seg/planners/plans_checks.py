@@ -11,10 +11,10 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from vessel_seg.networks.blocks import NORMS
-
 if TYPE_CHECKING:
     from vessel_seg.planners.plans import ConfigurationPlan, NetworkTopology, Plans
+
+NORMS = ("instance", "batch")  # NetworkTopology.norm values the networks build
 
 ALLOWED_STRIDES = (1, 2)  # per axis and stage: the decoder's transposed convolutions undo exactly these
 MAX_SPLINE_ORDER = 5  # scipy.ndimage's highest interpolation order

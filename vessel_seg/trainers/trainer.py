@@ -51,6 +51,7 @@ from vessel_seg.trainers.validation import (
     selection_score,
     validate_full_volumes,
 )
+from vessel_seg.trainers.variants import trainer_for
 from vessel_seg.trainers.workers import resolve_num_workers
 
 log = logging.getLogger(__name__)
@@ -266,10 +267,8 @@ def train(job: TrainingJob) -> TrainingResult:
     A registered variant brings its trainer class and, when ``job.settings`` is None, its settings;
     an unregistered name trains with the default trainer into a run folder of that name.
     """
-    from vessel_seg.trainers.variants import trainer_for
-
     trainer_class, settings = trainer_for(job.trainer_name, job.settings)
-    return trainer_class(job, settings).run()
+    return (trainer_class or Trainer)(job, settings).run()
 
 
 def _prepare_fold(fold_dir: Path, progress: TrainingLog, state: _State, settings: TrainingSettings) -> None:

@@ -63,21 +63,20 @@ def variant_settings(name: str, explicit: dict | None = None) -> TrainingSetting
     return TrainingSettings(**values)
 
 
-def trainer_for(name: str, settings: TrainingSettings | None) -> tuple[type, TrainingSettings]:
-    """The trainer class of ``name`` and the settings to run: ``settings`` when given, else the variant's."""
-    from vessel_seg.trainers.trainer import Trainer
-
+def trainer_for(name: str, settings: TrainingSettings | None) -> tuple[type | None, TrainingSettings]:
+    """The trainer class of ``name`` (None: the default Trainer) and the settings to run: ``settings`` when given,
+    else the variant's."""
     if name not in TRAINERS:
         log.info("trainer %s is not a registered variant (%s): default trainer, run folder %s__...",
                  name, ", ".join(TRAINERS), name)
-        return Trainer, settings or TrainingSettings()
+        return None, settings or TrainingSettings()
     variant = TRAINERS.get(name)
     if settings is None:
         settings = variant_settings(name)
     elif variant.settings and any(getattr(settings, k) != v for k, v in variant.settings.items()):
         changed = ", ".join(f"{k}={getattr(settings, k)!r}" for k, v in variant.settings.items() if getattr(settings, k) != v)
         log.info("trainer %s: settings given explicitly override the variant's (%s)", name, changed)
-    return variant.trainer_class or Trainer, settings
+    return variant.trainer_class, settings
 
 
 register_trainer(DEFAULT_TRAINER, description="defaults: Dice + CE, AdamW 3e-3, nnU-Net's augmentation and schedule")
