@@ -206,3 +206,17 @@ def test_recipe_postprocessing_and_simulation_outputs(roots, tmp_path):
     if seg.any():
         assert any(name.endswith(".vtp") for name in produced) and any(name.endswith(".stl") for name in produced)
         assert f"{case}_centerline.json" in produced
+
+
+def test_tracking_mode_runs_from_the_command_line_and_checks_its_seeds(roots, tmp_path, capsys):
+    image = _test_image(roots)
+    assert "give X Y Z" in _error(capsys, ["-i", str(image), "-o", str(tmp_path / "o"), *FAST, "--seed", "1", "2"])
+    assert "outside the image" in _error(capsys, ["-i", str(image), "-o", str(tmp_path / "o"), *FAST,
+                                                  "--seed", "5000", "0", "0"])
+    _, geometry = read_array(image)
+    centre = geometry.index_to_physical(np.array([[s / 2 for s in geometry.shape]]))[0]
+    out = tmp_path / "tracked"
+    assert predict_main(["-i", str(image), "-o", str(out), *FAST, "--seed", *map(str, centre), "--max-steps", "3"]) == 0
+    assert "1 case(s) tracked" in capsys.readouterr().out
+    mask, mask_geometry = read_array(next(out.glob("*.nii.gz")))
+    assert mask_geometry.mismatch(geometry) is None

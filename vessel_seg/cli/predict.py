@@ -63,6 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--centerline", action="store_true",
                         help="also write the centerline graph CASE_centerline.json and CASE_centerline.vtp")
     parser.add_argument("--preview", action="store_true", help="also write a maximum-intensity preview CASE_preview.png")
+    parser.add_argument(
+        "--seed", dest="seeds", action="append", nargs="+", type=float, metavar="X Y Z [RADIUS]",
+        help="tracking mode: follow the vessels from this physical point (mm, LPS as the image header; optional radius "
+        "in mm) with local patches instead of predicting the whole image; repeat for several seeds",
+    )
+    parser.add_argument("--seeds-file", type=Path, default=None,
+                        help="tracking mode with the seeds of a JSON file: [[x, y, z], ...], [[x, y, z, r], ...] or "
+                        "SeqSeg's seeds.json ([[start], [direction], radius] per case)")
+    parser.add_argument("--max-steps", type=int, default=5000, help="tracking mode: most patches predicted (default 5000)")
     parser.add_argument("-num_parts", "--num-parts", dest="num_parts", type=int, default=None,
                         help="split the cases into this many parts (run each part in its own process/GPU); "
                         "under torchrun: WORLD_SIZE")
@@ -109,10 +118,32 @@ def _command(args: argparse.Namespace) -> int:
         mesh=args.mesh, centerline=args.centerline, preview=args.preview, recipe=recipe, step_size=step_size,
         postprocess=not args.no_postprocessing, num_parts=num_parts, part_id=part_id,
     )
-    seconds = predict_cases(models, args.input, args.output, options)
+    seeds = _tracking_seeds(args)
+    if seeds:
+        from vessel_seg.inference.prediction_run import track_cases
+
+        seconds = track_cases(models, args.input, args.output, seeds, options, args.max_steps)
+    else:
+        seconds = predict_cases(models, args.input, args.output, options)
     names = ", ".join(f"{m.name} (folds {' '.join(m.folds)})" for m in models)
-    print(f"{len(seconds)} case(s) predicted with {names} into {args.output}")
+    mode = "tracked" if seeds else "predicted"
+    print(f"{len(seconds)} case(s) {mode} with {names} into {args.output}")
     return 0
+
+
+def _tracking_seeds(args: argparse.Namespace) -> list:
+    """Seeds of --seed and --seeds-file (empty: full-volume prediction), values checked in one line."""
+    from vessel_seg.errors import VesselSegError
+    from vessel_seg.inference.tracking import parse_seed, read_seeds
+
+    seeds = [] if args.seeds_file is None else read_seeds(args.seeds_file)
+    for values in args.seeds or []:
+        if len(values) not in (3, 4):
+            raise VesselSegError(f"--seed {' '.join(map(str, values))}: give X Y Z in mm and optionally a radius")
+        seeds.append(parse_seed(values, "--seed"))
+    if seeds and args.max_steps < 1:
+        raise VesselSegError(f"--max-steps must be at least 1, got {args.max_steps}")
+    return seeds
 
 
 def _explicit_model_folders(args: argparse.Namespace) -> list[Path]:

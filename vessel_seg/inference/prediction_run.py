@@ -334,3 +334,36 @@ def predict_folder(
     seconds = predict_cases([model], input_dir, output_dir, PredictionOptions(use_tta=use_tta, overwrite=overwrite))
     log.debug("predict_folder: %.1f s", time.perf_counter() - start)
     return seconds
+
+
+def track_cases(
+    models: Sequence[TrainedModel], input_path: str | Path, output_dir: str | Path, seeds: list,
+    options: PredictionOptions | None = None, max_steps: int = 5000,
+) -> dict[str, float]:
+    """Tracking mode of ``vs_predict`` (``--seed``): follow the vessels of the one case under ``input_path`` from
+    ``seeds`` (:mod:`~vessel_seg.inference.tracking`) and write the same outputs as full-volume prediction.
+
+    Returns seconds per case. The mask is connected to the seeds by construction, so no postprocessing runs;
+    ``models[0]`` tracks (its folds are averaged per patch).
+    """
+    from vessel_seg.inference.tracking import TrackingOptions, track_vessels
+
+    options = options or PredictionOptions()
+    model = models[0]
+    cases = find_input_cases(input_path, model.info.num_channels)
+    if len(cases) != 1:
+        raise VesselSegError(f"{input_path}: tracking follows seeds in one image, found {len(cases)} cases; give one image")
+    check_inputs(models, cases)
+    output_dir = Path(output_dir)
+    check_outputs_spare_inputs(cases, output_dir, options)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    case = cases[0]
+    start = time.perf_counter()
+    loaded = _read_case(case, options)
+    result = track_vessels(model, loaded.images[0], loaded.geometry, seeds,
+                           TrackingOptions(max_steps=max_steps, use_tta=options.use_tta))
+    predicted = _PredictedCase(result.mask, None, loaded.geometry, loaded.preview_image)
+    with _one_line_os_errors(case, output_dir):
+        _write_case(model.label_values, case, predicted, output_dir, replace(options, postprocess=False,
+                                                                            save_probabilities=False))
+    return {case.case_id: time.perf_counter() - start}
