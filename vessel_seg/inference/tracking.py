@@ -11,9 +11,10 @@ input, so preprocessing, normalisation and resampling are the model's own), and 
    is an exit, its centroid the next centreline point and its distance to the background the local
    radius. Two or more forward exits are a bifurcation: each becomes a branch in the queue;
 3. drops exits that point back (more than 90 degrees from the way the branch came), lie within
-   :data:`BORDER_VOXELS` of the image border, or fall into the explored region (the vessel core of
-   every earlier step, so branches never loop or run twice); a branch stops when no exit is left or
-   the vessel fades (no component at its point).
+   :data:`BORDER_VOXELS` of the image border, or fall into the explored region (the vessel inside
+   the inner shell of every earlier step, so branches never loop or run twice; checked again when an
+   exit leaves the queue); a branch stops when no exit is left or the vessel fades (no component at
+   its point).
 
 Probabilities of all patches are merged by maximum into one uint8 map in the input grid; the mask
 is that map thresholded at 0.5, restricted to the components that tracking reached, so the result
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 
 SHELL_INNER = 0.6  # exits are looked for on the shell between these fractions of the patch's inscribed radius
 SHELL_OUTER = 0.9
-CORE_FRACTION = 0.5  # each step marks the vessel within this fraction of the radius as explored
+CORE_FRACTION = SHELL_INNER  # each step marks its vessel inside the inner shell as explored
 BORDER_VOXELS = 2  # exits closer than this to the image border are not followed
 MIN_EXIT_VOXELS = 2  # smaller shell clusters are noise, not a vessel leaving the patch
 
@@ -245,6 +246,8 @@ def track_vessels(
     with tqdm(desc="tracking", unit="patch", disable=None) as bar:
         while queue and steps_done < options.max_steps:
             centre, came_from, branch = queue.popleft()
+            if came_from is not None and tracker.explored[tuple(np.round(centre).astype(int))]:
+                continue  # another branch reached this exit after it was queued
             exits = tracker.step(centre, came_from, branch)
             steps_done += 1
             for k, (point, direction) in enumerate(exits):
