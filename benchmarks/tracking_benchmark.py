@@ -39,8 +39,8 @@ from vessel_seg.atomic import write_text_atomic
 from vessel_seg.evaluation.metrics import compute_metrics
 from vessel_seg.evaluation.seqseg_seeds import seed_from_label
 from vessel_seg.imageio import ImageGeometry, read_image, read_label
-from vessel_seg.inference.prediction_run import PredictionOptions, predict_case
 from vessel_seg.inference.prediction_inputs import find_input_cases
+from vessel_seg.inference.prediction_run import PredictionOptions, predict_case
 from vessel_seg.inference.predictor import TrainedModel, load_trained_model
 from vessel_seg.inference.tracking import TrackingOptions, TrackingSeed, track_vessels
 from vessel_seg.morphology import skeleton
