@@ -86,8 +86,8 @@ def _postprocess(
 ) -> tuple[np.ndarray, str]:
     """The recipe's postprocessing when there is one, else the default (bridging, debris removal); and a log line.
 
-    ``bridging`` says how wide a gap to bridge and whether that already ran in preprocessed space on
-    the streamed foreground map (:func:`_streamed_bridging`), so that it is not repeated here.
+    ``bridging`` says how wide a gap to bridge and whether that already ran on the streamed
+    foreground map (:func:`_streamed_bridging`, after the restore), so that it is not repeated here.
     """
     from vessel_seg.inference.postprocessing import apply_postprocessing, count_components, remove_detached_debris
 
@@ -96,7 +96,7 @@ def _postprocess(
     before = count_components(seg) if bridging.done else None
     recipe = getattr(options.recipe, "postprocessing", None)
     if recipe is not None:  # the recipe was measured on this model's validation: it decides, even "none"
-        steps = replace(recipe, bridge_gaps_mm=None) if bridging.done else recipe  # bridged before the restore
+        steps = replace(recipe, bridge_gaps_mm=None) if bridging.done else recipe  # bridged already (streamed)
         before = before if before is not None else count_components(seg)
         foreground = None if probs is None else 1.0 - probs[0].astype(np.float32)
         out = seg if steps.is_identity else apply_postprocessing(seg, steps, geometry.spacing, labels, probabilities_fg=foreground)
@@ -118,7 +118,7 @@ class _Bridging:
 
     max_gap_mm: float | None = None
     done: bool = False
-    components_before: int | None = None  # before the streamed bridging (it ran before the restore)
+    components_before: int | None = None  # before the streamed bridging
 
     def counted(self, after_bridging: int) -> int:
         return self.components_before if self.components_before is not None else after_bridging
@@ -189,7 +189,7 @@ def bridging_gap_mm(options: PredictionOptions, model: TrainedModel) -> float | 
 
 
 def _streamed_bridging(max_gap_mm: float, components_before: list[int]):
-    """Gap bridging in preprocessed space from the uint8 foreground map the streamed predictor keeps.
+    """Gap bridging in the input geometry from the uint8 foreground map the streamed predictor keeps (restored).
 
     Appends the component count before bridging to ``components_before`` (for the log line).
     """

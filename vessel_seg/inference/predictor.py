@@ -165,7 +165,7 @@ def _predict_labels(
     )
 
 
-# Refines a label map in preprocessed space with the uint8 foreground probability kept beside it:
+# Refines a label map in the input geometry with the uint8 foreground probability kept beside it (restored):
 # refine(labels, foreground_uint8, spacing_mm) -> labels (e.g. gap bridging of a recipe).
 Refinement = Callable[[np.ndarray, np.ndarray, Sequence[float]], np.ndarray]
 
@@ -241,10 +241,12 @@ def predict_image(
     arg-max and restore on the device, only the uint8 label map copied back; linear instead of
     spline image resampling). ``step`` is the sliding-window step (fraction of the patch, ``(0, 1]``).
 
-    ``refine`` (streamed path only, not with ``keep_probabilities``): called with the label map in
-    preprocessed space, the foreground probability kept beside it as uint8 (one more byte per
-    preprocessed voxel, no float volume) and the preprocessed spacing; its result is restored. It
-    keeps the case on the CPU path, where the foreground map is streamed.
+    ``refine`` (streamed path only, not with ``keep_probabilities``): called with the label map in the
+    input geometry, the foreground probability restored to it as uint8 (kept beside the streamed labels
+    as one byte per preprocessed voxel, then resampled like probabilities: half a float32 volume at the
+    peak) and the input spacing; its result is returned. Refining after the restore matters: resampling
+    a thin bridge back to the input grid can cut it again. It keeps the case on the CPU path, where the
+    foreground map is streamed.
     """
     check_input(model, images, geometry, case_id)
     if not keep_probabilities and refine is None:
@@ -263,12 +265,29 @@ def predict_image(
         foreground = None if refine is None else np.empty(data.shape[1:], np.uint8)
         seg = _predict_labels(model, data, use_tta, step, foreground)
         probs = None
-        if refine is not None:
-            seg = refine(seg, foreground, props.spacing)
-            del foreground
     del data  # the restore below allocates original-size arrays; the input is no longer needed
-    restored = restore_to_original(seg, props, is_label=True, labels=model.label_values[1:])
-    return restored, probs
+    if refine is None or keep_probabilities:
+        return restore_to_original(seg, props, is_label=True, labels=model.label_values[1:]), probs
+    restored_foreground = _restored_foreground(foreground, props, model)
+    if len(model.label_values) == 2:
+        # One vessel label: threshold the restored probability, as the arg-max of restored probabilities does on
+        # the --save-probabilities path; restoring the label map instead cuts thin vessels more often.
+        restored = np.where(restored_foreground >= 128, model.label_values[1], 0).astype(seg.dtype)
+    else:
+        restored = restore_to_original(seg, props, is_label=True, labels=model.label_values[1:])
+    return refine(restored, restored_foreground, geometry.spacing), probs
+
+
+def _restored_foreground(foreground: np.ndarray, props: CaseProperties, model: TrainedModel) -> np.ndarray:
+    """The uint8 foreground map of the preprocessed grid resampled to the input grid (as probabilities are).
+
+    Resampled as a background probability (``1 - p``), which :func:`restore_to_original` fills with 1
+    outside the crop box, so that the foreground is 0 there.
+    """
+    background = (255 - foreground).astype(np.float16)[None]
+    background /= np.float16(255)
+    restored = restore_to_original(background, props, is_label=False, anisotropy_threshold=model.config.anisotropy_threshold)
+    return np.round((1.0 - restored[0].astype(np.float32)) * 255).clip(0, 255).astype(np.uint8)
 
 
 def predict_original_probabilities(
