@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--iterations", type=int, default=30, help="training iterations per epoch")
-    parser.add_argument("--loss", default="dice_ce")
+    parser.add_argument("--loss", default=TrainingSettings.loss)
     args = parser.parse_args(argv)
     configure_logging()
     run_demo(args)

@@ -20,7 +20,7 @@ class TrainingSettings:
     """One training run.
 
     Defaults follow nnU-Net v2 (poly decay with exponent 0.9, weight decay 3e-5, 250 iterations per
-    epoch, gradient norm clipped at 12) except the optimiser: AdamW at lr 3e-3 instead of SGD with
+    epoch, gradient norm clipped at 12) except the loss (centreline-weighted, see ``loss``) and the optimiser: AdamW at lr 3e-3 instead of SGD with
     Nesterov momentum 0.99 at lr 1e-2 (still available: ``optimizer="sgd"``). Why: with bottleneck
     residual blocks, SGD left held-out Dice flat at ~0.70 for hundreds of iterations (the network
     kept segmenting bone-like blobs), while AdamW reached 0.85-0.88 after 100-200 iterations on the
@@ -31,7 +31,10 @@ class TrainingSettings:
     epochs: int = 100
     iterations_per_epoch: int = 250
     validation_iterations: int = 20
-    loss: str = "dice_ce"
+    # Dice + centreline-weighted CE: on held-out synthetic trees (tuning seed 31, 500 iterations, TTA and default
+    # postprocessing) Dice 0.921 / clDice 0.967 / 1.0 component per case against 0.913 / 0.960 / 1.8 for Dice + CE,
+    # at 1.13x the step time; skeleton recall 0.901 / 0.971 / 1.5 (1.08x), clDice 0.919 / 0.965 / 1.0 (1.99x).
+    loss: str = "dice_ce_center"
     optimizer: str = "adamw"
     learning_rate: float | None = None  # None: DEFAULT_LR of the optimiser (3e-3 AdamW, 1e-2 SGD)
     weight_decay: float = 3e-5

@@ -79,7 +79,9 @@ def trainer_for(name: str, settings: TrainingSettings | None) -> tuple[type | No
     return variant.trainer_class, settings
 
 
-register_trainer(DEFAULT_TRAINER, description="defaults: Dice + CE, AdamW 3e-3, nnU-Net's augmentation and schedule")
+register_trainer(DEFAULT_TRAINER, description="defaults: Dice + centreline-weighted CE, AdamW 3e-3, nnU-Net's augmentation "
+                 "and schedule")
+register_trainer("vsTrainer_diceCE", settings={"loss": "dice_ce"}, description="nnU-Net's loss: Dice + CE")
 register_trainer("vsTrainer_sgd", settings={"optimizer": "sgd"},
                  description="nnU-Net's optimiser: SGD, Nesterov momentum 0.99, lr 1e-2")
 register_trainer("vsTrainer_clDice", settings={"loss": "dice_ce_cldice"}, description="Dice + CE + 0.5 soft-clDice")
