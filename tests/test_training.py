@@ -321,8 +321,8 @@ def test_continue_with_other_loss_is_refused_and_new_weights_drop_old_validation
     first = train(job)
     assert (first.fold_dir / "validation" / "summary.json").is_file()
     job.resume = True
-    job.settings = quick(epochs=2, final_validation=False, loss="dice_ce_center")
-    with pytest.raises(VesselSegError, match="trained with --loss dice_ce, not dice_ce_center"):
+    job.settings = quick(epochs=2, final_validation=False, loss="dice_ce")
+    with pytest.raises(VesselSegError, match="trained with --loss dice_ce_center, not dice_ce"):
         train(job)
     job.settings = quick(epochs=2, final_validation=False)
     train(job)  # new weights, no final validation: the old one must not survive to be ranked

@@ -13,37 +13,45 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from vessel_seg.atomic import remove_stale_temporaries
 from vessel_seg.case_store import list_cases
 from vessel_seg.checkpoint import load_checkpoint
-from vessel_seg.device import amp_dtype, configure_backends, dtype_name, preferred_memory_format, select_device
+from vessel_seg.device import amp_dtype, preferred_memory_format
 from vessel_seg.errors import CheckpointError, TrainingError
 from vessel_seg.model_folder import snapshot_name
 from vessel_seg.networks.registry import build_network
 from vessel_seg.paths import raw_root
 from vessel_seg.trainers.augmentation import Augmentation, training_transforms, validation_transforms
 from vessel_seg.trainers.background import BackgroundBatches
-from vessel_seg.trainers.checkpointer import Checkpointer, load_pretrained_weights, settings_metadata, unwrap
+from vessel_seg.trainers.checkpointer import Checkpointer, load_pretrained_weights, settings_metadata
 from vessel_seg.trainers.dataloading import PatchLoader
-from vessel_seg.trainers.distributed import DistributedContext, barrier, init_distributed, shutdown
+from vessel_seg.trainers.distributed import DistributedContext, barrier, shutdown
 from vessel_seg.trainers.losses import build_loss, loss_entry
-from vessel_seg.trainers.optimization import build_optimizer, scheduled_lr, set_lr, with_this_machines_kernels
+from vessel_seg.trainers.optimization import build_optimizer, scheduled_lr, set_lr
 from vessel_seg.trainers.progress import EpochRecord, TrainingLog, fold_text_log
+from vessel_seg.trainers.run_setup import (
+    ModelParts,
+    Run,
+    RunState,
+    fold_split,
+    make_training_step,
+    prepare_fold,
+    resolve_workers,
+    resume_state,
+    start_banner,
+    start_runtime,
+)
 from vessel_seg.trainers.settings import TrainingSettings
-from vessel_seg.trainers.splits import fold_cases, load_or_create_splits
-from vessel_seg.trainers.step import CompileDecision, TrainingStep, compile_decision, make_grad_scaler
+from vessel_seg.trainers.step import TrainingStep, make_grad_scaler
 from vessel_seg.trainers.training_context import TrainingContext, TrainingJob, copy_model_files
 from vessel_seg.trainers.validation import (
     PseudoMetrics,
@@ -52,7 +60,6 @@ from vessel_seg.trainers.validation import (
     validate_full_volumes,
 )
 from vessel_seg.trainers.variants import trainer_for
-from vessel_seg.trainers.workers import resolve_num_workers
 
 log = logging.getLogger(__name__)
 
@@ -97,37 +104,6 @@ def _batches(ctx: TrainingContext, ids, settings, dist: DistributedContext, aug:
     return batches
 
 
-@dataclass
-class _Model:
-    """The network and what trains it (before DDP wrapping and compiling)."""
-
-    network: torch.nn.Module
-    in_channels: int
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler | None
-    loss_fn: Callable
-
-
-@dataclass
-class _State:
-    """Where training stands: the first epoch to run, the best EMA score so far and the EMA itself."""
-
-    start_epoch: int = 0
-    best_score: float = -math.inf
-    ema: float | None = None
-
-
-@dataclass
-class _Run:
-    ctx: TrainingContext
-    settings: TrainingSettings
-    dist: DistributedContext
-    model: _Model
-    checkpointer: Checkpointer
-    progress: TrainingLog
-    state: _State
-
-
 class Trainer:
     """One training job: builds its parts with the ``make_*`` methods and runs the loop.
 
@@ -169,9 +145,9 @@ class Trainer:
         if self.job.validate_only is not None:
             return self.validate(self.job.validate_only)
         job, ctx = self.job, self.ctx
-        device, dist = _start_runtime(self.settings)
-        self.settings = settings = _resolve_workers(self.settings, device, dist)
-        train_ids, val_ids = _fold_split(ctx, job, dist)
+        device, dist = start_runtime(self.settings)
+        self.settings = settings = resolve_workers(self.settings, device, dist)
+        train_ids, val_ids = fold_split(ctx, job, dist)
         dtype = amp_dtype(device, settings.amp)
         memory_format = preferred_memory_format(device, ctx.config.dim, dtype, settings.channels_last)
         model = self._build_model(device, memory_format)
@@ -181,7 +157,7 @@ class Trainer:
         with fold_text_log(ctx.fold_dir, enabled=dist.is_main), logging_redirect_tqdm():
             return self._run_in_fold(device, dist, dtype, memory_format, model, train_ids, val_ids)
 
-    def _run_in_fold(self, device, dist, dtype, memory_format, model: _Model, train_ids, val_ids) -> TrainingResult:
+    def _run_in_fold(self, device, dist, dtype, memory_format, model: ModelParts, train_ids, val_ids) -> TrainingResult:
         """The part of :meth:`run` that logs into the fold's ``training_log.txt``."""
         job, ctx, settings = self.job, self.ctx, self.settings
         checkpointer = Checkpointer(ctx.fold_dir, {
@@ -189,13 +165,13 @@ class Trainer:
             "fold": str(job.fold), "in_channels": model.in_channels, "num_classes": len(ctx.label_values),
             "trainer": job.trainer_name, "settings": settings_metadata(settings),
         })
-        state = _resume(checkpointer, model, settings, device) if job.resume else _State()
+        state = resume_state(checkpointer, model, settings, device) if job.resume else RunState()
         progress = TrainingLog(ctx.fold_dir)
         if dist.is_main:
-            _prepare_fold(ctx.fold_dir, progress, state, settings)
-        self.run_state = run = _Run(ctx, settings, dist, model, checkpointer, progress, state)
+            prepare_fold(ctx.fold_dir, progress, state, settings)
+        self.run_state = run = Run(ctx, settings, dist, model, checkpointer, progress, state)
         remaining = (settings.epochs - state.start_epoch) * settings.iterations_per_epoch
-        step, compiling = _training_step(model, settings, device, dist, dtype, memory_format, remaining)
+        step, compiling = make_training_step(model, settings, device, dist, dtype, memory_format, remaining)
 
         batch_size = max(1, ctx.config.batch_size // dist.world_size)
         aug = self.make_augmentation(True)
@@ -204,7 +180,7 @@ class Trainer:
         mirror_axes = tuple(aug.mirror_axes)
         checkpointer.metadata["mirror_axes"] = list(mirror_axes)  # the predictor mirrors the same axes
         if dist.is_main:
-            log.info(_start_banner(run, device, dtype, compiling, memory_format, len(train_ids), len(val_ids), batch_size))
+            log.info(start_banner(run, device, dtype, compiling, memory_format, len(train_ids), len(val_ids), batch_size))
         show_bar = dist.is_main and sys.stderr.isatty()
         try:
             for epoch in range(state.start_epoch, settings.epochs):
@@ -221,8 +197,8 @@ class Trainer:
         path = ctx.fold_dir / f"checkpoint_{checkpoint}.pt"
         if not path.is_file():
             raise CheckpointError(f"{path}: no such checkpoint; train this fold first (vs_train without --val)")
-        device, dist = _start_runtime(self.settings)
-        _, val_ids = _fold_split(ctx, self.job, dist)
+        device, dist = start_runtime(self.settings)
+        _, val_ids = fold_split(ctx, self.job, dist)
         state = load_checkpoint(path, map_location=device)
         in_channels = ctx.info.num_channels + (len(ctx.label_values) - 1 if ctx.previous_stage_dir else 0)
         network = self.make_network(in_channels).to(device)
@@ -248,7 +224,7 @@ class Trainer:
         """Final checkpoint, full-volume validation and next-stage predictions."""
         return _finish(self.run_state, self.job, val_ids, mirror_axes, device, amp)
 
-    def _build_model(self, device: torch.device, memory_format: torch.memory_format) -> _Model:
+    def _build_model(self, device: torch.device, memory_format: torch.memory_format) -> ModelParts:
         ctx = self.ctx
         in_channels = ctx.info.num_channels + (len(ctx.label_values) - 1 if ctx.previous_stage_dir else 0)
         network = self.make_network(in_channels).to(device)
@@ -258,7 +234,7 @@ class Trainer:
             load_pretrained_weights(network, self.job.pretrained)
         optimizer = self.make_optimizer(network, device)
         scaler = make_grad_scaler(device, amp_dtype(device, self.settings.amp))
-        return _Model(network, in_channels, optimizer, scaler, self.make_loss(network))
+        return ModelParts(network, in_channels, optimizer, scaler, self.make_loss(network))
 
 
 def train(job: TrainingJob) -> TrainingResult:
@@ -269,116 +245,6 @@ def train(job: TrainingJob) -> TrainingResult:
     """
     trainer_class, settings = trainer_for(job.trainer_name, job.settings)
     return (trainer_class or Trainer)(job, settings).run()
-
-
-def _prepare_fold(fold_dir: Path, progress: TrainingLog, state: _State, settings: TrainingSettings) -> None:
-    """Log truncated to the resumed epoch, temporaries of killed writes removed, stale validation dropped."""
-    progress.truncate(state.start_epoch)
-    # A fold belongs to one run: temporaries of a killed checkpoint write are garbage now, whatever their age.
-    remove_stale_temporaries(fold_dir, older_than_s=0)
-    if state.start_epoch < settings.epochs:
-        _drop_stale_validation(fold_dir)
-
-
-def _start_runtime(settings: TrainingSettings) -> tuple[torch.device, DistributedContext]:
-    """The device (this process's GPU under DDP), its backend settings, the process group and seeds."""
-    device = select_device(settings.device)
-    configure_backends(device)
-    dist = init_distributed(device.type)
-    if dist.enabled and device.type == "cuda":
-        device = torch.device("cuda", dist.local_rank)
-        torch.cuda.set_device(device)
-    torch.manual_seed(settings.seed + dist.rank)
-    np.random.seed(settings.seed + dist.rank)
-    return device, dist
-
-
-def _resolve_workers(settings: TrainingSettings, device: torch.device, dist: DistributedContext) -> TrainingSettings:
-    """``settings`` with ``num_workers`` resolved (None: VS_N_PROC_DA, nnUNet_n_proc_DA, else from CPUs and device)."""
-    workers = resolve_num_workers(settings.num_workers, device.type)
-    if dist.is_main:
-        log.info("%s", workers.describe())
-    return replace(settings, num_workers=workers.count)
-
-
-def _fold_split(ctx: TrainingContext, job: TrainingJob, dist: DistributedContext) -> tuple[list[str], list[str]]:
-    """Training and validation cases of the fold (the main process writes the splits)."""
-    splits = load_or_create_splits(ctx.preprocessed_dir, ctx.case_ids) if dist.is_main else None
-    barrier(dist)
-    if splits is None:
-        splits = load_or_create_splits(ctx.preprocessed_dir, ctx.case_ids)
-    return fold_cases(splits, job.fold)
-
-
-def _resume(checkpointer: Checkpointer, model: _Model, settings: TrainingSettings, device: torch.device) -> _State:
-    """Weights, optimiser and scaler state from the latest checkpoint (``--continue``)."""
-    state = checkpointer.load_for_resume(map_location=device)
-    if state is None:
-        log.warning("--continue: no checkpoint in %s, starting from scratch", checkpointer.fold_dir)
-        return _State()
-    _check_same_run(checkpointer.fold_dir, (state.get("metadata") or {}).get("settings") or {}, settings)
-    unwrap(model.network).load_state_dict(state["network_weights"])
-    model.optimizer.load_state_dict(with_this_machines_kernels(state["optimizer_state"], model.optimizer))
-    if model.scaler is not None and state.get("grad_scaler_state"):
-        model.scaler.load_state_dict(state["grad_scaler_state"])
-    return _State(int(state["epoch"]), float(state.get("best_score", -math.inf)), state.get("ema_score"))
-
-
-# Settings that define what a run learns: --continue must not mix them (the optimiser state of one
-# optimiser cannot drive the other; a new loss is a new experiment, give it its own -tr).
-RUN_DEFINING_SETTINGS = {"optimizer": "--optimizer", "loss": "--loss"}
-
-
-def _check_same_run(fold_dir: Path, saved: dict, settings: TrainingSettings) -> None:
-    for key, flag in RUN_DEFINING_SETTINGS.items():
-        before, now = saved.get(key), getattr(settings, key)
-        if before is not None and before != now:
-            raise CheckpointError(
-                f"{fold_dir}: this run was trained with {flag} {before}, not {now}; continue it with {flag} {before} "
-                "or start another run with -tr NAME"
-            )
-
-
-def _training_step(
-    model: _Model, settings: TrainingSettings, device: torch.device, dist: DistributedContext,
-    dtype: torch.dtype | None, memory_format: torch.memory_format, remaining_iterations: int,
-) -> tuple[TrainingStep, CompileDecision]:
-    """The per-iteration step around the (DDP-wrapped, maybe compiled) network."""
-    wrapped = model.network
-    if dist.enabled:
-        wrapped = torch.nn.parallel.DistributedDataParallel(
-            model.network, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    decision = compile_decision(settings.compile, device, remaining_iterations)
-    step = TrainingStep(
-        wrapped, model.optimizer, model.loss_fn, device, dtype=dtype, grad_clip=settings.grad_clip,
-        memory_format=memory_format, scaler=model.scaler, compile_model=decision.enabled,
-    )
-    return step, decision
-
-
-def _drop_stale_validation(fold_dir: Path) -> None:
-    """Remove the validation of earlier weights: the weights are about to change, and a model selection
-    (vs_find_best_configuration) must not rank a fold by a validation its final weights never had."""
-    folder = fold_dir / "validation"
-    if folder.is_dir():
-        shutil.rmtree(folder)
-        log.info("%s: removed the validation of the earlier weights (this run changes them)", folder)
-
-
-def _start_banner(
-    run: _Run, device: torch.device, dtype: torch.dtype | None, compiling: CompileDecision,
-    memory_format: torch.memory_format, num_train: int, num_val: int, batch_size: int,
-) -> str:
-    """One line with what decides the speed of this run."""
-    where = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
-    layout = "channels_last_3d" if memory_format == torch.channels_last_3d else "contiguous"
-    batch = f"{batch_size} x {run.dist.world_size} processes" if run.dist.enabled else str(batch_size)
-    return (
-        f"training on {where}: mixed precision: {dtype_name(dtype)}, compile: {compiling}, memory format: {layout}, "
-        f"{run.settings.num_workers} worker(s), {num_train} training / {num_val} validation cases, "
-        f"patch {'x'.join(str(s) for s in run.ctx.config.patch_size)}, batch {batch}"
-    )
 
 
 def _run_epoch(trainer: Trainer, step: TrainingStep, train_batches, val_batches, epoch: int, show_bar: bool) -> None:
@@ -415,7 +281,7 @@ def _run_epoch(trainer: Trainer, step: TrainingStep, train_batches, val_batches,
     ), started)
 
 
-def _end_epoch(run: _Run, step: TrainingStep, epoch: int, record: EpochRecord, started: float) -> None:
+def _end_epoch(run: Run, step: TrainingStep, epoch: int, record: EpochRecord, started: float) -> None:
     """EMA score, best/latest/snapshot checkpoints, the progress log and the epoch's log line."""
     settings, state, checkpointer = run.settings, run.state, run.checkpointer
     score = selection_score(record.pseudo_dice, record.pseudo_cldice, record.pseudo_betti0_error)
@@ -442,7 +308,7 @@ def _end_epoch(run: _Run, step: TrainingStep, epoch: int, record: EpochRecord, s
     )
 
 
-def _finish(run: _Run, job: TrainingJob, val_ids, mirror_axes, device: torch.device, amp: bool) -> dict | None:
+def _finish(run: Run, job: TrainingJob, val_ids, mirror_axes, device: torch.device, amp: bool) -> dict | None:
     """Final checkpoint, full-volume validation and next-stage predictions (main process), then shut down."""
     summary = None
     settings, network = run.settings, run.model.network
