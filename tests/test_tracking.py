@@ -128,3 +128,13 @@ def test_track_cases_writes_the_outputs_of_full_volume_prediction(tmp_path):
     write_image(_image(tree)[0], GEOMETRY, folder / "other_0000.nii.gz")
     with pytest.raises(VesselSegError, match="one image"):
         track_cases([threshold_model(order=1)], folder, tmp_path / "out2", [ROOT], options)
+
+
+def test_tracking_follows_a_vessel_beyond_a_break_the_network_left():
+    tree = _tree()
+    image = _image(tree, other=False)
+    image[0, :, :, 24:27] = 0.0  # a 3-voxel break in the trunk: the model predicts background across 1-2 voxels
+    result = track_vessels(threshold_model(order=1), image, GEOMETRY, [ROOT])
+    beyond = tree.copy()
+    beyond[:, :, :40] = False  # the tree past the break
+    assert _centreline_capture(result.mask, beyond) >= 0.95

@@ -5,7 +5,8 @@ tracker predicts one network patch around the current centreline point with a tr
 model (:func:`~vessel_seg.inference.predictor.predict_original_probabilities` on a crop of the
 input, so preprocessing, normalisation and resampling are the model's own), and then:
 
-1. keeps the connected vessel component at the point (foreground probability >= 0.5);
+1. keeps the connected vessel component at the point (foreground probability >= 0.5), with the pieces
+   within :data:`GAP_VOXELS` of it (a vessel the network broke is followed beyond the break);
 2. finds where that component leaves the sphere inscribed in the patch: every cluster of vessel
    voxels on the shell between :data:`SHELL_INNER` and :data:`SHELL_OUTER` of the sphere's radius
    is an exit, its centroid the next centreline point and its distance to the background the local
@@ -34,6 +35,7 @@ from pathlib import Path
 import cc3d
 import edt
 import numpy as np
+from scipy import ndimage
 from tqdm import tqdm
 
 from vessel_seg.errors import VesselSegError
@@ -47,6 +49,8 @@ SHELL_OUTER = 0.9
 CORE_FRACTION = SHELL_INNER  # each step marks its vessel inside the inner shell as explored
 BORDER_VOXELS = 2  # exits closer than this to the image border are not followed
 MIN_EXIT_VOXELS = 2  # smaller shell clusters are noise, not a vessel leaving the patch
+GAP_VOXELS = 2  # pieces of the patch at most this many background voxels from the followed vessel belong to it
+MAX_JOINS = 3  # rounds of joining such pieces per patch
 
 
 @dataclass(frozen=True)
@@ -211,7 +215,11 @@ class _Tracker:
 
 
 def _component_at(vessel: np.ndarray, local: np.ndarray, spacing: np.ndarray) -> np.ndarray | None:
-    """The vessel component nearest to ``local`` (within 3 voxels), or None."""
+    """The vessel component nearest to ``local`` (within 3 voxels) with the pieces it is broken from, or None.
+
+    Pieces within :data:`GAP_VOXELS` of the component join it (repeatedly), so that a vessel the network
+    broke inside the patch is still followed beyond the break, as gap bridging would reconnect it.
+    """
     labels = cc3d.connected_components(vessel, connectivity=26)
     if not labels.any():
         return None
@@ -222,7 +230,14 @@ def _component_at(vessel: np.ndarray, local: np.ndarray, spacing: np.ndarray) ->
         return None
     points = np.argwhere(found > 0) + np.array([w.start for w in window])
     nearest = points[np.argmin(np.linalg.norm((points - local) * spacing, axis=1))]
-    return labels == labels[tuple(nearest)]
+    component = labels == labels[tuple(nearest)]
+    for _ in range(MAX_JOINS):
+        near = ndimage.binary_dilation(component, iterations=GAP_VOXELS + 1)
+        touching = np.unique(labels[near & vessel & ~component])
+        if touching.size == 0:
+            break
+        component |= np.isin(labels, touching)
+    return component
 
 
 def track_vessels(
