@@ -11,7 +11,7 @@ input, so preprocessing, normalisation and resampling are the model's own), and 
    voxels on the shell between :data:`SHELL_INNER` and :data:`SHELL_OUTER` of the sphere's radius
    is an exit, its centroid the next centreline point and its distance to the background the local
    radius. Two or more forward exits are a bifurcation: each becomes a branch in the queue;
-3. drops exits that point back (more than 90 degrees from the way the branch came), lie within
+3. drops exits that point straight back (more than ~135 degrees from the way the branch came), lie within
    :data:`BORDER_VOXELS` of the image border, or fall into the explored region (the vessel inside
    the inner shell of every earlier step, so branches never loop or run twice; checked again when an
    exit leaves the queue); a branch stops when no exit is left or the vessel fades (no component at
@@ -49,6 +49,8 @@ SHELL_OUTER = 0.9
 CORE_FRACTION = SHELL_INNER  # each step marks its vessel inside the inner shell as explored
 BORDER_VOXELS = 2  # exits closer than this to the image border are not followed
 MIN_EXIT_VOXELS = 2  # smaller shell clusters are noise, not a vessel leaving the patch
+REUSE_COVERED = 0.9  # a patch this much covered by earlier patches reuses their merged probabilities
+BACKWARD_COS = -0.7  # exits more than ~135 degrees from the incoming direction are the way back
 GAP_VOXELS = 2  # pieces of the patch at most this many background voxels from the followed vessel belong to it
 MAX_JOINS = 3  # rounds of joining such pieces per patch
 
@@ -143,12 +145,14 @@ class _Tracker:
     options: TrackingOptions
     probability: np.ndarray = field(init=False)  # uint8 foreground probability, max over patches
     explored: np.ndarray = field(init=False)  # vessel cores of the steps so far
+    predicted: np.ndarray = field(init=False)  # voxels some patch has predicted
     result: TrackingResult = field(init=False)
 
     def __post_init__(self) -> None:
         shape = self.images.shape[1:]
         self.probability = np.zeros(shape, np.uint8)
         self.explored = np.zeros(shape, bool)
+        self.predicted = np.zeros(shape, bool)
         self.result = TrackingResult(np.zeros(shape, np.uint8))
         self.spacing = np.asarray(self.geometry.spacing, dtype=np.float64)
         patch_mm = np.asarray(self.model.config.patch_size, dtype=np.float64) * np.asarray(self.model.config.spacing)
@@ -161,7 +165,13 @@ class _Tracker:
         return tuple(slice(max(int(ci - h), 0), min(int(ci + h), n)) for ci, h, n in zip(c, self.half, shape, strict=True))
 
     def predict(self, box: tuple[slice, ...]) -> np.ndarray:
-        """Foreground probability (float32) of the crop ``box``, merged into the global map."""
+        """Foreground probability (float32) of the crop ``box``, merged into the global map.
+
+        A box that earlier patches already cover (:data:`REUSE_COVERED` of it) is read from the merged map
+        instead of predicted again: in a dense tree many branches step through the same region.
+        """
+        if self.predicted[box].mean() >= REUSE_COVERED:
+            return self.probability[box].astype(np.float32) / 255.0
         lo = np.array([b.start for b in box], dtype=np.float64)
         crop = np.ascontiguousarray(self.images[(slice(None), *box)])
         origin = self.geometry.index_to_physical(lo[None])[0]
@@ -170,6 +180,7 @@ class _Tracker:
         foreground = 1.0 - probs[0].astype(np.float32)
         np.maximum(self.probability[box], np.round(foreground * 255).astype(np.uint8), out=self.probability[box])
         self.result.predicted_voxels += int(np.prod(crop.shape[1:]))
+        self.predicted[box] = True
         return foreground
 
     def step(self, centre: np.ndarray, came_from: np.ndarray | None, branch: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -203,8 +214,8 @@ class _Tracker:
             point = voxels.mean(axis=0) + lo
             direction = (point - centre) * self.spacing
             direction /= max(np.linalg.norm(direction), 1e-9)
-            if came_from is not None and float(direction @ came_from) < 0:
-                continue  # back where the branch came from
+            if came_from is not None and float(direction @ came_from) < BACKWARD_COS:
+                continue  # straight back where the branch came from (a branch may leave at a wide angle)
             index = tuple(np.round(point).astype(int))
             if np.any(np.asarray(index) < BORDER_VOXELS) or np.any(np.asarray(index) >= shape - BORDER_VOXELS):
                 continue  # the image border
