@@ -211,7 +211,9 @@ class _Tracker:
             voxels = np.argwhere(clusters == k)
             if len(voxels) < MIN_EXIT_VOXELS:
                 continue
-            point = voxels.mean(axis=0) + lo
+            # The vessel voxel of the cluster nearest its centroid: a centroid of a curved cluster may lie
+            # off the vessel, where the explored check would never see it.
+            point = voxels[np.argmin(np.linalg.norm(voxels - voxels.mean(axis=0), axis=1))].astype(np.float64) + lo
             direction = (point - centre) * self.spacing
             direction /= max(np.linalg.norm(direction), 1e-9)
             if came_from is not None and float(direction @ came_from) < BACKWARD_COS:
