@@ -28,7 +28,10 @@ def test_default_optimiser_is_adamw_and_each_optimiser_has_its_learning_rate():
     assert TrainingSettings().optimizer == "adamw" and TrainingSettings().initial_lr == pytest.approx(3e-3)
     assert TrainingSettings(optimizer="sgd").initial_lr == pytest.approx(1e-2)
     assert TrainingSettings(optimizer="sgd", learning_rate=0.5).initial_lr == 0.5
-    assert build_parser().parse_args(["501", "3d_fullres", "0"]).optimizer == "adamw"
+    from vessel_seg.trainers.variants import variant_settings
+
+    assert build_parser().parse_args(["501", "3d_fullres", "0"]).optimizer is None  # not given: the variant decides
+    assert variant_settings("vsTrainer", {}).optimizer == "adamw" and variant_settings("vsTrainer_sgd", {}).optimizer == "sgd"
 
 
 def test_warmup_setting_is_validated_and_reaches_the_cli():

@@ -347,8 +347,10 @@ register_trainer("vsTrainer_recordingTest", settings={"optimizer": "sgd", "loss"
 """
 
 
-def test_trainer_variants_set_settings_and_run_folder_and_flags_override_them(roots, tmp_path, monkeypatch):
+def test_trainer_variants_set_settings_and_run_folder_and_flags_override_them(roots, tmp_path, monkeypatch, caplog):
     from vessel_seg.cli.train import main as train_main
+
+    caplog.set_level("INFO")  # as vs_train's own logging configuration does outside the test runner
     from vessel_seg.trainers.variants import TRAINERS, register_trainer
 
     base = ["7", "3d_fullres", "4", "-pl", "cpu", "--epochs", "1", "--iterations-per-epoch", "2", "--val-iterations", "1",

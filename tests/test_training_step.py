@@ -227,9 +227,11 @@ def test_compile_setting_is_tri_state_and_accepts_booleans():
     with pytest.raises(ValueError):
         TrainingSettings(compile="maybe")
     from vessel_seg.cli.train import build_parser
+    from vessel_seg.trainers.variants import variant_settings
 
     parse = build_parser().parse_args
-    assert parse(["1", "3d_fullres", "0"]).compile == "auto"
+    assert parse(["1", "3d_fullres", "0"]).compile is None  # not given: the variant's or the default setting
+    assert variant_settings("vsTrainer", {"compile": parse(["1", "3d_fullres", "0"]).compile}).compile == "auto"
     assert parse(["1", "3d_fullres", "0", "--compile"]).compile == "on"
     assert parse(["1", "3d_fullres", "0", "--compile", "off"]).compile == "off"
 

@@ -27,7 +27,6 @@ def sleep_idle_openmp_threads() -> None:
 def configure_logging(verbose: bool = False) -> None:
     level = logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s" if verbose else "%(message)s", stream=sys.stderr)
-    logging.getLogger().setLevel(level)  # also when a host (a test runner, a notebook) installed handlers first
 
 
 def run_cli(
