@@ -22,11 +22,11 @@ EXECUTED = {"python_api.md", "planning.md", "training.md"}
 
 
 def _blocks(kind: str) -> list[tuple[str, str]]:
-    return [(page.name, body) for page in PAGES for lang, body in FENCE.findall(page.read_text()) if lang == kind]
+    return [(page.name, body) for page in PAGES for lang, body in FENCE.findall(page.read_text(encoding="utf-8")) if lang == kind]
 
 
 def _entry_points() -> dict[str, str]:
-    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]
     return {name: target for name, target in scripts.items()}
 
 
@@ -34,7 +34,7 @@ def _command_lines() -> list[tuple[str, list[str]]]:
     """``(page, argv)`` of every vs_* command in bash blocks and inline code (comments, env prefixes, torchrun dropped)."""
     lines = []
     for page in PAGES:
-        text = page.read_text()
+        text = page.read_text(encoding="utf-8")
         bodies = [body.replace("\\\n", " ") for lang, body in FENCE.findall(text) if lang in ("bash", "")]
         candidates = [line for body in bodies for line in body.splitlines() if re.search(r"(^|\s|\()vs_[a-z_]+", line)]
         candidates += INLINE.findall(text) if page.name in INLINE_PAGES else []
@@ -84,7 +84,7 @@ def test_python_examples_run(page, code, tmp_path):
     if page not in EXECUTED:
         return
     script = tmp_path / "example.py"
-    script.write_text(code)
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "OMP_NUM_THREADS": "2"}
+    script.write_text(code, encoding="utf-8")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "OMP_NUM_THREADS": "2", "PYTHONIOENCODING": "utf-8"}
     done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"{page} example failed:\n{done.stderr[-3000:]}"

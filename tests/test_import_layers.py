@@ -45,7 +45,7 @@ def import_graph() -> nx.DiGraph:
     graph = nx.DiGraph()
     for name, path in modules.items():
         graph.add_node(name)
-        for target in _runtime_imports(ast.parse(path.read_text())):
+        for target in _runtime_imports(ast.parse(path.read_text(encoding="utf-8"))):
             if target in modules and target != "vessel_seg" and not name.startswith(target + "."):
                 graph.add_edge(name, target)
     return graph
