@@ -290,3 +290,15 @@ def machine_info() -> dict[str, object]:
     return {"cpu": model, "cpus": os.cpu_count(), "memory_gib": round(total_kib / MIB, 1), "os": platform.platform(),
             "python": platform.python_version(), "vessel_seg": metadata.version("vessel_seg"),
             "torch": metadata.version("torch"), "thread_env": threads}
+
+
+def write_results(out: Path, result: dict, name: str, text: str) -> Path:
+    """``<out>/<date>-<host>-<name>.json`` (``result``) and ``.md`` (``text``), atomically; prints ``text``."""
+    from vessel_seg.atomic import write_text_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"{result['date']}-{result['host']}-{name}"
+    write_text_atomic(stem.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
+    write_text_atomic(stem.with_suffix(".md"), text)
+    print(text)
+    return stem

@@ -44,7 +44,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules; benchmarks/ is not a package
-from bench_common import HERE, BenchmarkContext, machine_info, measure, nnunet_command, ours_command, read_json  # noqa: E402
+from bench_common import (  # noqa: E402
+    HERE,
+    BenchmarkContext,
+    machine_info,
+    measure,
+    nnunet_command,
+    ours_command,
+    read_json,
+    write_results,
+)
 from bench_plan import ensure_nnunet_preprocessed, ensure_ours_preprocessed, run_unmeasured  # noqa: E402
 from bench_training import add_nnunet_same_configuration  # noqa: E402
 from compare_nnunet import prepare_dataset  # noqa: E402
@@ -335,12 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     except VesselSegError as exc:
         print(f"learning_curves: {exc}", file=sys.stderr)
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"{result['date']}-{result['host']}-{args.name}"
-    write_text_atomic(stem.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
-    text = render(result)
-    write_text_atomic(stem.with_suffix(".md"), text)
-    print(text)
+    write_results(args.out, result, args.name, render(result))
     return 0
 
 

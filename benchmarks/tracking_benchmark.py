@@ -35,7 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vessel_seg.atomic import write_text_atomic
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules
+from bench_common import write_results  # noqa: E402
+
 from vessel_seg.evaluation.metrics import compute_metrics
 from vessel_seg.evaluation.seqseg_seeds import seed_from_label
 from vessel_seg.imageio import ImageGeometry, read_image, read_label
@@ -168,12 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"date": datetime.date.today().isoformat(), "host": socket.gethostname().split(".")[0],
               "model": args.model_dir.name, "rows": rows,
               "seqseg": "not run (its published weights cannot be downloaded here; training its nnU-Net model is open)"}
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"{result['date']}-{result['host']}-tracking"
-    write_text_atomic(stem.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
-    text = render(result)
-    write_text_atomic(stem.with_suffix(".md"), text)
-    print(text)
+    write_results(args.out, result, "tracking", render(result))
     return 0
 
 
