@@ -30,7 +30,8 @@ def nnunet_roots(tmp_path, monkeypatch):
     return roots
 
 
-def test_nnunet_command_lines_run_unchanged_but_for_the_names(nnunet_roots, tmp_path):
+def test_nnunet_command_lines_run_unchanged_but_for_the_names(nnunet_roots, tmp_path, caplog):
+    caplog.set_level("INFO")  # as the commands' own logging configuration does outside the test runner
     generate_dataset(7, 3, num_test_cases=1, size=32, seed=3)  # lands in nnUNet_raw
     assert (nnunet_roots["nnUNet_raw"] / "Dataset007_Synthetic" / "dataset.json").is_file()
     # nnUNetv2_plan_and_preprocess -d 7 --verify_dataset_integrity (our CPU preset named by -pl)
