@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 
 from vessel_seg.cli import run_cli
-from vessel_seg.dataset_conversion.synthetic import generate_dataset
+from vessel_seg.dataset_conversion.synthetic import STYLES, generate_dataset
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--test-cases", type=int, default=2, help="number of held-out cases (default: 2)")
     parser.add_argument("--size", type=int, default=96, help="volume edge length in voxels (default: 96)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files")
-    parser.add_argument("--modality", choices=("ct", "mr"), default="ct", help="image appearance (default: ct)")
+    parser.add_argument("--modality", choices=STYLES, default="ct",
+                        help="image appearance: ct, mr or microscopy (a capillary bed, 2x1x1 um voxels) (default: ct)")
     parser.add_argument("--name", default="Synthetic", help="short dataset name (default: Synthetic)")
     parser.add_argument("--random-flips", action="store_true", help="random axis signs in the direction matrices")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder of the same name")

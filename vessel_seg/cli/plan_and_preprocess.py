@@ -25,18 +25,33 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the preset named like -pl, e.g. cpu for -pl cpu, else gpu)")
     parser.add_argument("--gpu-memory-gb", type=float, default=8.0, help="GPU memory target for the gpu preset (default 8)")
     parser.add_argument("--no-preprocess", action="store_true", help="only fingerprint and plan")
+    parser.add_argument("--plans-from", choices=("builtin",), default=None,
+                        help="builtin: preprocess exactly as the built-in pretrained model (plans named vs_builtin "
+                        "unless -pl is given), to fine-tune it with vs_train ... --pretrained builtin")
     return parser
+
+
+def _source_plans(args: argparse.Namespace):
+    """The plans to transfer (``--plans-from``), and the plans name to write them under."""
+    if args.plans_from is None:
+        return None, args.plans
+    from vessel_seg.builtin import BUILTIN_PLANS, builtin_model_dir
+    from vessel_seg.planners.plans import Plans
+
+    name = args.plans if args.plans != DEFAULT_PLANS else BUILTIN_PLANS
+    return Plans.load(builtin_model_dir() / "plans.json"), name
 
 
 def _command(args: argparse.Namespace) -> int:
     if args.num_processes < 1:
         print("error: -np must be at least 1", file=sys.stderr)
         return 2
+    source, plans_name = _source_plans(args)
     for dataset in args.dataset:
         try:
             result = plan_and_preprocess(
-                dataset, args.configurations, args.verify, args.num_processes, args.plans,
-                args.gpu_memory_gb, args.preset, preprocess=not args.no_preprocess,
+                dataset, args.configurations, args.verify, args.num_processes, plans_name,
+                args.gpu_memory_gb, args.preset, preprocess=not args.no_preprocess, plans_from=source,
             )
         except DatasetProblems as exc:
             for line in exc.problems:

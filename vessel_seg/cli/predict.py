@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-i", required=True, type=Path, dest="input", help="image folder, image file or DICOM folder")
     parser.add_argument("-o", required=True, type=Path, dest="output", help="output folder")
     parser.add_argument("-d", dest="dataset", default=None,
-                        help="dataset id or name (default: the only dataset with a trained model)")
+                        help="dataset id or name (default: the only dataset with a trained model; none: the built-in model)")
     parser.add_argument("-c", dest="configuration", default=None,
                         help="configuration (default: the inference recipe, else the best validated configuration)")
     parser.add_argument("-f", dest="folds", nargs="+", default=None, help="folds to ensemble (default: all trained)")
@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--threads", "-np", type=int, default=None, dest="num_threads",
                         help="CPU threads for torch (default: torch's choice); -np is the old spelling")
+    parser.add_argument("--model", choices=("builtin",), default=None,
+                        help="builtin: the pretrained zero-shot vessel model shipped with vessel_seg (also the default "
+                        "when no -d is given and nothing is trained under VS_RESULTS)")
     parser.add_argument("-m", "--model-folder", dest="model_folders", nargs="+", type=Path, default=None,
                         help="model folder(s) <trainer>__<plans>__<configuration> to predict with, instead of -d/-c/-pl/-tr "
                         "(nnU-Net's predict_from_modelfolder); several are ensembled")
@@ -91,7 +94,6 @@ def _command(args: argparse.Namespace) -> int:
     )
     from vessel_seg.inference.prediction_run import predict_cases
     from vessel_seg.inference.predictor import load_trained_model
-    from vessel_seg.inference.trained_models import choose_models, resolve_prediction_dataset
     from vessel_seg.model_folder import parse_fold
 
     step_size = check_step_size(args.step_size)
@@ -107,11 +109,7 @@ def _command(args: argparse.Namespace) -> int:
         raise DatasetError(f"{args.input}: input not found; give an image file, a folder of CASE_0000 images or a DICOM folder")
     check_output_location(args.output)  # created by predict_cases once every check has passed
     folds = [str(parse_fold(f)) for f in args.folds] if args.folds else None
-    if args.model_folders:
-        model_dirs, recipe = _explicit_model_folders(args), None
-    else:
-        choice = choose_models(resolve_prediction_dataset(args.dataset), args.configuration, args.plans, args.trainer)
-        model_dirs, recipe, folds = choice.model_dirs, choice.recipe, folds or choice.folds
+    model_dirs, recipe, folds = _chosen_models(args, folds)
     models = [load_trained_model(d, folds, args.checkpoint, device) for d in model_dirs]
     options = PredictionOptions(
         use_tta=not args.disable_tta, overwrite=args.overwrite, save_probabilities=args.save_probabilities,
@@ -144,6 +142,39 @@ def _tracking_seeds(args: argparse.Namespace) -> list:
     if seeds and args.max_steps < 1:
         raise VesselSegError(f"--max-steps must be at least 1, got {args.max_steps}")
     return seeds
+
+
+def _chosen_models(args: argparse.Namespace, folds: list[str] | None) -> tuple[list[Path], object, list[str] | None]:
+    """Model folders, inference recipe and folds: ``--model builtin``, ``-m``, else the trained models of the dataset,
+    else (no -d and nothing trained under VS_RESULTS) the built-in model."""
+    from vessel_seg.builtin import announce_builtin, builtin_model_dir
+    from vessel_seg.inference.trained_models import choose_models, resolve_prediction_dataset
+
+    if args.model == "builtin":
+        _check_no_model_choice(args, "--model builtin", also_m=True)
+        announce_builtin("--model builtin")
+        return [builtin_model_dir()], None, None
+    if args.model_folders:
+        return _explicit_model_folders(args), None, folds
+    dataset = resolve_prediction_dataset(args.dataset, allow_none=True)
+    if dataset is None:
+        _check_no_model_choice(args, "the built-in model (nothing trained under VS_RESULTS)")
+        folder = builtin_model_dir()
+        announce_builtin("no -d and no trained model under VS_RESULTS")
+        return [folder], None, None
+    choice = choose_models(dataset, args.configuration, args.plans, args.trainer)
+    return choice.model_dirs, choice.recipe, folds or choice.folds
+
+
+def _check_no_model_choice(args: argparse.Namespace, chosen: str, also_m: bool = False) -> None:
+    """One line when flags that choose model folders (-d/-c/-pl/-tr, -f, -m) contradict ``chosen``."""
+    from vessel_seg.errors import VesselSegError
+
+    flags = (("-d", args.dataset), ("-c", args.configuration), ("-pl", args.plans), ("-tr", args.trainer),
+             ("-f", args.folds), ("-m", args.model_folders if also_m else None))
+    clash = [flag for flag, value in flags if value is not None]
+    if clash:
+        raise VesselSegError(f"{chosen} names the model itself; drop {', '.join(clash)}")
 
 
 def _explicit_model_folders(args: argparse.Namespace) -> list[Path]:

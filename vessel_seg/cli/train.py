@@ -73,7 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, help=f"default {TrainingSettings.seed}")
     parser.add_argument("--warmup-iterations", type=int, help="linear learning-rate warm-up over the first N steps (default 0: none)")
     parser.add_argument("--continue", "--c", dest="resume", action="store_true", help="resume from the latest checkpoint")
-    parser.add_argument("--pretrained", type=Path, help="initialise from another model's checkpoint (fine-tuning)")
+    parser.add_argument("--pretrained", default=None,
+                        help="initialise from another model's checkpoint file, or 'builtin' for the built-in pretrained "
+                        "model (then the dataset must be planned with vs_plan_and_preprocess --plans-from builtin; "
+                        "-pl defaults to vs_builtin)")
     parser.add_argument("--no-final-validation", action="store_true", help="skip full-volume validation at the end")
     parser.add_argument("--val", dest="validate_only", action="store_const", const="final",
                         help="no training: only the final validation of checkpoint_final.pt (nnU-Net's --val)")
@@ -87,6 +90,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 MODEL_PART_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9\-]|_(?!_))*$")
+
+
+def _pretrained_checkpoint(args: argparse.Namespace) -> Path | None:
+    """The ``--pretrained`` checkpoint, checked before any work ('builtin': the built-in model's, with its plans)."""
+    if args.pretrained is None:
+        return None
+    from vessel_seg.trainers.checkpointer import pretrained_weights
+
+    if args.pretrained == "builtin":
+        from vessel_seg.builtin import BUILTIN_PLANS, builtin_model_dir
+
+        folder = builtin_model_dir()
+        args.plans = args.plans or BUILTIN_PLANS
+        name = resolve_dataset(args.dataset, [preprocessed_root(), raw_root()])
+        if not (preprocessed_root() / name / f"{args.plans}.json").is_file():
+            raise VesselSegError(
+                f"{preprocessed_root() / name}: no {args.plans} plans; run vs_plan_and_preprocess -d {args.dataset} "
+                f"--plans-from builtin first, so the data is preprocessed as the built-in model expects"
+            )
+        path = folder / "fold_all" / "checkpoint_final.pt"
+    else:
+        path = Path(args.pretrained)
+        if not path.is_file():
+            raise VesselSegError(f"{path}: pretrained checkpoint not found (a file, or 'builtin')")
+    pretrained_weights(path)  # a wrong file fails here, before any work or log line
+    return path
 
 
 def _plans_name(args: argparse.Namespace) -> str:
@@ -119,17 +148,12 @@ def _command(args: argparse.Namespace) -> int:
         raise VesselSegError("--num-workers must be 0 or more")
     if args.num_workers is None:
         env_override()  # a bad VS_N_PROC_DA / nnUNet_n_proc_DA fails here, before any work
-    if args.pretrained is not None:
-        if not args.pretrained.is_file():
-            raise VesselSegError(f"{args.pretrained}: pretrained checkpoint not found")
-        from vessel_seg.trainers.checkpointer import pretrained_weights
-
-        pretrained_weights(args.pretrained)  # a wrong file fails here, before any work or log line
+    pretrained = _pretrained_checkpoint(args)
     if not MODEL_PART_RE.match(args.trainer):
         raise VesselSegError(f"-tr {args.trainer!r}: a trainer name is letters, digits, '_' and '-' (no '__', no path)")
     job = TrainingJob(
         args.dataset, args.configuration, parse_fold(args.fold), _plans_name(args), settings,
-        resume=args.resume, pretrained=args.pretrained, trainer_name=args.trainer, validate_only=args.validate_only,
+        resume=args.resume, pretrained=pretrained, trainer_name=args.trainer, validate_only=args.validate_only,
     )
     result = train(job)
     line = f"trained {result.epochs_run} epoch(s); model in {result.fold_dir}"

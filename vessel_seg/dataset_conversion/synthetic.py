@@ -1,4 +1,4 @@
-"""Synthetic vessel datasets: random branching trees rendered as CT- or MR-like volumes.
+"""Synthetic vessel datasets: random branching trees rendered as CT- or MR-like volumes (or microscopy-like capillary beds).
 
 This is the built-in dataset of the demo and of the tests. :func:`generate_case` makes one volume
 with its label and ground-truth tree; :func:`generate_dataset` writes a raw dataset in nnU-Net v2's
@@ -33,6 +33,7 @@ from vessel_seg.dataset_conversion.synthetic_render import (
     render_image,
     vessel_distance,
 )
+from vessel_seg.dataset_conversion.synthetic_styles import MICROSCOPY_SPACING, microscopy_case
 from vessel_seg.dataset_conversion.synthetic_tree import VesselTree
 from vessel_seg.errors import DatasetError
 from vessel_seg.imageio import ImageGeometry, write_image
@@ -42,7 +43,8 @@ from vessel_seg.paths import raw_root as default_raw_root
 log = logging.getLogger(__name__)
 
 DEFAULT_SPACING = (0.8, 0.5, 0.5)
-CHANNEL_NAMES = {"ct": "CT", "mr": "MRA"}
+CHANNEL_NAMES = {"ct": "CT", "mr": "MRA", "microscopy": "fluorescence"}
+STYLES = tuple(CHANNEL_NAMES)  # "microscopy": synthetic_styles.microscopy_case (no tree file)
 FILE_ENDING = ".nii.gz"
 
 
@@ -54,13 +56,13 @@ class SyntheticCase:
         image: ``(Z, Y, X)`` float32 intensities (HU-like for CT, arbitrary positive units for MR).
         label: ``(Z, Y, X)`` uint8, 1 where the voxel centre lies inside a vessel lumen.
         geometry: placement of the arrays in physical space.
-        tree: the ground-truth centreline tree.
+        tree: the ground-truth centreline tree (None for the microscopy style's capillary bed).
     """
 
     image: np.ndarray
     label: np.ndarray
     geometry: ImageGeometry
-    tree: VesselTree
+    tree: VesselTree | None
 
 
 def _make_geometry(rng: np.random.Generator, shape, spacing, random_flips: bool) -> ImageGeometry:
@@ -134,6 +136,15 @@ def generate_case(
     return SyntheticCase(image=image, label=label, geometry=geometry, tree=tree)
 
 
+def style_case(rng: np.random.Generator, size: int, spacing, style: str, random_flips: bool = False) -> SyntheticCase:
+    """One case of ``style``: a CT- or MR-like tree (:func:`generate_case`) or a microscopy-like capillary bed."""
+    if style == "microscopy":
+        shape = (max(8, size // 2), size, size)  # 2 um slices over the same depth as 1 um pixels
+        image, label, geometry = microscopy_case(rng, shape, tuple(spacing or MICROSCOPY_SPACING))
+        return SyntheticCase(image=image, label=label, geometry=geometry, tree=None)
+    return generate_case(rng, size, spacing or DEFAULT_SPACING, style, random_flips=random_flips)
+
+
 def case_rng(seed: int, index: int) -> np.random.Generator:
     """The generator of case ``index`` for ``seed`` (independent of the number of cases)."""
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
@@ -162,7 +173,7 @@ def generate_dataset(
     name: str = "Synthetic",
     raw_root: Path | None = None,
     overwrite: bool = False,
-    spacing: tuple[float, float, float] = DEFAULT_SPACING,
+    spacing: tuple[float, float, float] | None = None,
     random_flips: bool = False,
 ) -> Path:
     """Write a synthetic raw dataset ``DatasetNNN_<name>`` (nnU-Net v2 layout) and return its folder.
@@ -177,16 +188,17 @@ def generate_dataset(
         Edge length of the cubic volumes in voxels.
     seed : int
         Master seed; the same seed and settings give identical files.
-    modality : {"ct", "mr"}
-        Image appearance; declared in ``dataset.json`` as channel ``"CT"`` or ``"MRA"``.
+    modality : {"ct", "mr", "microscopy"}
+        Image appearance; declared in ``dataset.json`` as channel ``"CT"``, ``"MRA"`` or ``"fluorescence"``
+        (microscopy: a capillary bed, :mod:`~vessel_seg.dataset_conversion.synthetic_styles`).
     name : str
         Short dataset name (letters, digits, ``_`` and ``-``).
     raw_root : Path, optional
         Where to write; defaults to ``VS_RAW``.
     overwrite : bool
         Replace an existing folder of the same name (otherwise :class:`DatasetError`).
-    spacing : (float, float, float)
-        Voxel size ``(z, y, x)`` in mm.
+    spacing : (float, float, float), optional
+        Voxel size ``(z, y, x)`` in mm; default (0.8, 0.5, 0.5) for CT and MR, 2 x 1 x 1 um for microscopy.
     random_flips : bool
         Random axis signs in the direction matrices.
 
@@ -195,8 +207,8 @@ def generate_dataset(
     """
     if num_cases < 1 or num_test_cases < 0:
         raise DatasetError(f"need at least 1 training case and no negative test count, got {num_cases}/{num_test_cases}")
-    if modality not in MODALITIES:
-        raise DatasetError(f"modality {modality!r} is not supported: use one of {', '.join(MODALITIES)}")
+    if modality not in STYLES:
+        raise DatasetError(f"modality {modality!r} is not supported: use one of {', '.join(STYLES)}")
     root = Path(raw_root) if raw_root is not None else default_raw_root()
     full_name = dataset_name(dataset_id, name)
     target = _check_target(root, full_name, dataset_id, overwrite)
@@ -208,21 +220,23 @@ def generate_dataset(
             (staging / sub).mkdir()
         for k in range(num_cases + num_test_cases):
             case_id = f"synth_{k:03d}"
-            case = generate_case(case_rng(seed, k), size, spacing, modality, random_flips=random_flips)
+            case = style_case(case_rng(seed, k), size, spacing, modality, random_flips)
             split = "Tr" if k < num_cases else "Ts"
             write_image(case.image, case.geometry, staging / f"images{split}" / f"{case_id}_0000{FILE_ENDING}")
             write_image(case.label, case.geometry, staging / f"labels{split}" / f"{case_id}{FILE_ENDING}")
-            case.tree.save(staging / "trees" / f"{case_id}.json")
-            log.info("%s: %s case %d/%d, %.2f %% vessel, %d branch points", full_name, case_id, k + 1,
-                     num_cases + num_test_cases, 100 * case.label.mean(), len(case.tree.branch_points()))
+            if case.tree is not None:
+                case.tree.save(staging / "trees" / f"{case_id}.json")
+            log.info("%s: %s case %d/%d, %.2f %% vessel", full_name, case_id, k + 1,
+                     num_cases + num_test_cases, 100 * case.label.mean())
         DatasetInfo(
             channel_names={"0": CHANNEL_NAMES[modality]},
             labels={"background": 0, "vessel": 1},
             num_training=num_cases,
             file_ending=FILE_ENDING,
             name=full_name,
-            description=f"Synthetic branching vessel trees, {modality.upper()}-like, generated by vessel_seg",
-            extra={"generator": {"seed": seed, "size": size, "spacing": list(spacing), "modality": modality,
+            description=f"Synthetic vessels, {modality}-like, generated by vessel_seg",
+            extra={"generator": {"seed": seed, "size": size, "spacing": list(spacing or DEFAULT_SPACING) if modality != "microscopy"
+                                 else list(spacing or MICROSCOPY_SPACING), "modality": modality,
                                  "num_test_cases": num_test_cases, "random_flips": random_flips}},
         ).save(staging / "dataset.json")
         if target.exists():

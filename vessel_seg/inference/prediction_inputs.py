@@ -32,6 +32,7 @@ from vessel_seg.imageio import (
 from vessel_seg.inference.ensemble import PROBABILITY_SUFFIX
 from vessel_seg.inference.input_checks import check_case_headers, check_channel_files
 from vessel_seg.inference.predictor import TrainedModel
+from vessel_seg.planners.preprocessing import target_spacing
 from vessel_seg.planners.resampling_checks import resampling_problem
 
 CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -201,9 +202,7 @@ def largest_case_output_bytes(geometries: Sequence[ImageGeometry], num_classes: 
 def check_resampling(path: Path, geometry: ImageGeometry, models: Sequence[TrainedModel]) -> None:
     """Refuse a header spacing that would blow the image up absurdly at a model's spacing (one line, the file)."""
     for model in models:
-        target = list(model.config.spacing)
-        if len(target) < len(geometry.spacing):  # a 2d configuration keeps the slice axis
-            target = list(geometry.spacing[: len(geometry.spacing) - len(target)]) + target
+        target = target_spacing(model.config, geometry.spacing, geometry.shape)
         problem = resampling_problem(geometry.shape, geometry.spacing, target)
         if problem:
             raise ImageReadError(f"{path}: {problem}, the spacing of model {model.name}; check the spacing in the header")

@@ -47,6 +47,7 @@ from vessel_seg.inference.predictor import (
     predict_original_probabilities,
 )
 from vessel_seg.inference.provenance import ProvenanceLog, run_identity
+from vessel_seg.planners.preprocessing import target_spacing
 
 __all__ = ["PredictionOptions", "find_input_cases", "predict_case", "predict_cases", "predict_folder"]  # options and finder: re-exported
 
@@ -155,7 +156,7 @@ def _read_case(case: InputCase, options: PredictionOptions) -> _LoadedCase:
 def _predict_loaded(models: Sequence[TrainedModel], case: InputCase, loaded: _LoadedCase, options: PredictionOptions) -> _PredictedCase:
     geometry, labels = loaded.geometry, models[0].label_values
     probs = None
-    bridge_mm = bridging_gap_mm(options, models[0])
+    bridge_mm = bridging_gap_mm(options, models[0], geometry)
     if len(models) == 1 and not options.save_probabilities:
         counts: list[int] = []
         refine = None if bridge_mm is None else _streamed_bridging(bridge_mm, counts)
@@ -178,14 +179,22 @@ def _predict_loaded(models: Sequence[TrainedModel], case: InputCase, loaded: _Lo
 DEFAULT_BRIDGE_GAP_VOXELS = 3.0
 
 
-def bridging_gap_mm(options: PredictionOptions, model: TrainedModel) -> float | None:
-    """Widest gap (mm) bridged: the recipe's when there is a recipe, else the default's; None without postprocessing."""
+def bridging_gap_mm(options: PredictionOptions, model: TrainedModel, geometry: ImageGeometry) -> float | None:
+    """Widest gap (mm) bridged: the recipe's when there is a recipe, else the default's; None without postprocessing.
+
+    The default counts voxels of the model's coarsest axis in this image (a modality-free model's
+    voxels are the image's own finest spacing, not fixed millimetres).
+    """
     if not options.postprocess:
         return None
     recipe = getattr(options.recipe, "postprocessing", None)
     if recipe is not None:
         return recipe.bridge_gaps_mm
-    return DEFAULT_BRIDGE_GAP_VOXELS * max(float(s) for s in model.config.spacing)
+    config = model.config
+    spacing = config.spacing
+    if config.spacing_mode != "mm":
+        spacing = target_spacing(config, geometry.spacing, geometry.shape)[-config.dim:]
+    return DEFAULT_BRIDGE_GAP_VOXELS * max(float(s) for s in spacing)
 
 
 def _streamed_bridging(max_gap_mm: float, components_before: list[int]):

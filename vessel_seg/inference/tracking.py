@@ -41,6 +41,7 @@ from tqdm import tqdm
 from vessel_seg.errors import VesselSegError
 from vessel_seg.imageio import ImageGeometry
 from vessel_seg.inference.predictor import TrainedModel, predict_original_probabilities
+from vessel_seg.planners.preprocessing import target_spacing
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,8 @@ class _Tracker:
         self.predicted = np.zeros(shape, bool)
         self.result = TrackingResult(np.zeros(shape, np.uint8))
         self.spacing = np.asarray(self.geometry.spacing, dtype=np.float64)
-        patch_mm = np.asarray(self.model.config.patch_size, dtype=np.float64) * np.asarray(self.model.config.spacing)
+        spacing_mm = target_spacing(self.model.config, self.spacing, shape)[-self.model.config.dim:]
+        patch_mm = np.asarray(self.model.config.patch_size, dtype=np.float64) * np.asarray(spacing_mm)
         self.half = np.ceil(patch_mm / 2 / self.spacing).astype(int)  # voxels of the input per half patch
         self.radius_mm = float(np.min(patch_mm)) / 2  # the sphere inscribed in the patch
 

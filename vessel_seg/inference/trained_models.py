@@ -43,8 +43,11 @@ def trained_model_dirs(dataset_name: str) -> list[Path]:
     )
 
 
-def resolve_prediction_dataset(dataset: str | int | None) -> str:
-    """The dataset to predict with; without ``dataset`` the single one under ``VS_RESULTS`` with a trained model."""
+def resolve_prediction_dataset(dataset: str | int | None, allow_none: bool = False) -> str | None:
+    """The dataset to predict with; without ``dataset`` the single one under ``VS_RESULTS`` with a trained model.
+
+    With ``allow_none``, no trained model at all gives None (the caller falls back to the built-in model).
+    """
     if dataset is not None:
         return resolve_dataset(dataset)
     root = results_root()
@@ -53,6 +56,8 @@ def resolve_prediction_dataset(dataset: str | int | None) -> str:
     )
     if len(names) == 1:
         return names[0]
+    if not names and allow_none:
+        return None
     if not names:
         raise VesselSegError(f"{root}: no trained model found; train one with vs_train or import one with vs_import_model")
     raise VesselSegError(f"several datasets have trained models ({', '.join(names)}); choose one with -d")

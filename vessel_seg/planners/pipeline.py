@@ -15,6 +15,7 @@ from vessel_seg.paths import preprocessed_root, raw_root, resolve_dataset
 from vessel_seg.planners.fingerprint import DatasetFingerprint, extract_fingerprint
 from vessel_seg.planners.planner import PRESETS, plan_experiment
 from vessel_seg.planners.plans import Plans
+from vessel_seg.planners.plans_transfer import transferred_plans
 from vessel_seg.planners.preprocessing import preprocess_dataset
 from vessel_seg.planners.verify import verify_dataset
 
@@ -57,11 +58,13 @@ def plan_and_preprocess(
     gpu_memory_gb: float = 8.0,
     preset: str | None = None,
     preprocess: bool = True,
+    plans_from: Plans | None = None,
 ) -> PipelineResult:
     """Run the planning pipeline for one raw dataset.
 
     The fingerprint is reused when ``fingerprint.json`` already exists (delete it to recompute);
-    preprocessing skips cases that are already complete, so an interrupted run resumes.
+    preprocessing skips cases that are already complete, so an interrupted run resumes. With
+    ``plans_from``, that model's configurations are used instead of planning (fine-tuning it).
     """
     name = resolve_dataset(dataset, [raw_root()])
     raw_dir = raw_root() / name
@@ -89,9 +92,13 @@ def plan_and_preprocess(
     shutil.copyfile(raw_dir / "dataset.json", out_dir / "dataset.json")
 
     start = time.perf_counter()
-    plans = plan_experiment(
-        fingerprint, info, name, plans_name=plans_name, preset=preset_for(plans_name, preset), gpu_memory_gb=gpu_memory_gb
-    )
+    if plans_from is not None:
+        plans = transferred_plans(plans_from, fingerprint, info, name, plans_name)
+    else:
+        plans = plan_experiment(
+            fingerprint, info, name, plans_name=plans_name, preset=preset_for(plans_name, preset),
+            gpu_memory_gb=gpu_memory_gb,
+        )
     plans_path = plans.save(out_dir / f"{plans_name}.json")
     seconds["plan"] = time.perf_counter() - start
     for config in plans.configurations.values():

@@ -45,7 +45,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from vessel_seg.dataset import DatasetInfo
@@ -94,7 +94,8 @@ class PresetSettings:
 
     ``bytes_per_element`` is 2 where training runs in mixed precision (GPUs), 4 in fp32;
     ``gflop_budget`` caps the forward pass of a batch (None: memory decides alone);
-    ``network_class`` is the registered network the plans ask for (:mod:`vessel_seg.networks.registry`).
+    ``network_class`` is the registered network the plans ask for (:mod:`vessel_seg.networks.registry`);
+    ``plans_transform`` (optional) rewrites the finished plans, e.g. into voxel units for pretraining.
     """
 
     base_features: int
@@ -104,6 +105,7 @@ class PresetSettings:
     overhead_gb: float
     gflop_budget: float | None
     network_class: str = "ResUNet"
+    plans_transform: Callable[[Plans], Plans] | None = None
 
 
 PRESETS: Registry[PresetSettings] = Registry("planner preset")
@@ -116,6 +118,28 @@ def register_preset(name: str, settings: PresetSettings, *, replace_existing: bo
 
 register_preset("gpu", PresetSettings(32, 320, 512, bytes_per_element=2, overhead_gb=0.5, gflop_budget=None))
 register_preset("cpu", PresetSettings(16, 128, 128, bytes_per_element=4, overhead_gb=0.25, gflop_budget=CPU_FORWARD_GFLOP_BUDGET))
+
+
+def modality_free_plans(plans: Plans) -> Plans:
+    """Plans for a model of any modality and voxel size (pretraining, the built-in model).
+
+    Every configuration measures spacing in multiples of the image's finest voxel (3D: isotropic at
+    the finest spacing, ``[1, 1, 1]``; 2D: ``[1, 1]``) and normalises each channel by its own
+    percentiles; the cascade is dropped (a low-resolution stage has no meaning in voxel units).
+    """
+    for name in ("3d_lowres", "3d_cascade_fullres"):
+        plans.configurations.pop(name, None)
+    for config in plans.configurations.values():
+        config.spacing = [1.0] * len(config.spacing)
+        config.spacing_mode = "finest_voxel"
+        config.normalization = ["percentile"] * len(config.normalization)
+        config.next_stage = None
+    plans.notes.append("modality-free: spacing in multiples of each image's finest voxel, per-image percentile normalisation")
+    return plans
+
+
+# Pretraining on domain-randomised volumes: the CPU preset's widths, in voxel units (see vs_pretrain).
+register_preset("pretrain", replace(PRESETS.get("cpu"), plans_transform=modality_free_plans))
 
 
 @dataclass
@@ -290,7 +314,7 @@ def plan_experiment(
     notes.extend(_describe(config, budget) for config in configs.values())
     for note in notes:
         log.debug("plan %s: %s", dataset_name, note)
-    return Plans(
+    plans = Plans(
         dataset_name=dataset_name,
         plans_name=plans_name,
         preset=preset,
@@ -304,6 +328,7 @@ def plan_experiment(
         configurations=configs,
         notes=notes,
     )
+    return settings.plans_transform(plans) if settings.plans_transform is not None else plans
 
 
 def _plan_lowres(

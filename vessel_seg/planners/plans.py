@@ -14,6 +14,7 @@ from vessel_seg.planners.plans_checks import plans_problem
 from vessel_seg.serialization import from_dict, read_json, write_json_atomic
 
 CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
+SPACING_MODES = ("mm", "finest_voxel")
 
 
 @dataclass
@@ -70,8 +71,14 @@ class ConfigurationPlan:
 
     ``normalization`` has one scheme per channel: ``"ct_soft"`` (z-score with the dataset's foreground
     mean/std, logarithmic compression outside its 0.5/99.5 percentiles; the planner's choice for CT),
-    ``"ct"`` (nnU-Net's hard clip to those percentiles) or ``"zscore"`` (per image); see
-    :mod:`vessel_seg.planners.normalization`.
+    ``"ct"`` (nnU-Net's hard clip to those percentiles), ``"zscore"`` (per image) or ``"percentile"``
+    (per image, modality-free); see :mod:`vessel_seg.planners.normalization`.
+
+    ``spacing_mode`` says what ``spacing`` is measured in: ``"mm"`` (every planned model) or
+    ``"finest_voxel"``: multiples of each image's own finest voxel size, so ``[1, 1, 1]`` resamples
+    every image to isotropic voxels of its smallest spacing. Models meant for any scanner or
+    microscope (the built-in model) work this way, because vessels are then measured in voxels,
+    whatever the unit or field of view of the image.
     """
 
     name: str
@@ -88,6 +95,7 @@ class ConfigurationPlan:
     batch_dice: bool = False
     previous_stage: str | None = None
     next_stage: str | None = None
+    spacing_mode: str = "mm"
 
     @property
     def dim(self) -> int:

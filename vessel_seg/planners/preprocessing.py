@@ -51,9 +51,13 @@ def target_spacing(config: ConfigurationPlan, spacing: Sequence[float], shape: S
 
     A 2D configuration changes the in-plane spacing only (the last two values of ``config.spacing``)
     and keeps the case's own z spacing, so slices stay slices. An axis holding a single voxel (a 2D
-    image stored as one slice) also keeps its spacing.
+    image stored as one slice) also keeps its spacing. With ``spacing_mode == "finest_voxel"`` the
+    planned values are multiples of the case's smallest spacing (over axes with more than one voxel).
     """
     planned = [float(s) for s in config.spacing]
+    if config.spacing_mode == "finest_voxel":
+        finest = min((float(s) for s, n in zip(spacing, shape, strict=True) if n > 1), default=float(min(spacing)))
+        planned = [p * finest for p in planned]
     if config.dim == 2:
         if len(planned) not in (2, 3):
             raise PlansError(f"configuration {config.name!r}: spacing {planned} must have 2 or 3 values")
@@ -244,9 +248,7 @@ def _stored_bytes(job: _Job) -> float:
     """Bytes one case takes preprocessed (float32 channels + uint8 label at the target spacing), from its header."""
     geometry = read_geometry(job.case.images[0])
     spacing = list(geometry.spacing)
-    target = list(job.config.spacing)
-    if len(target) < len(spacing):  # 2d: the slice axis keeps its spacing
-        target = spacing[: len(spacing) - len(target)] + target
+    target = target_spacing(job.config, spacing, geometry.shape)
     voxels = float(np.prod(compute_new_shape(geometry.shape, spacing, target)))
     return voxels * (4 * len(job.case.images) + 1) + 4096
 

@@ -1,0 +1,63 @@
+"""``vs_pretrain``: pretrain the modality-free vessel model on domain-randomised volumes and export it.
+
+Resumable: the data, preprocessing and training each continue where a killed run stopped; rerun
+the same command. The exported folder is what ``vs_predict --model builtin`` ships with.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from vessel_seg.cli import run_cli, sleep_idle_openmp_threads
+
+sleep_idle_openmp_threads()  # training starts augmentation workers; before torch is imported
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vs_pretrain", description=__doc__)
+    parser.add_argument("-d", "--dataset", type=int, default=990, metavar="NNN", help="dataset id for the generated data (default 990)")
+    parser.add_argument("--cases", type=int, default=400, help="domain-randomised training cases (default 400)")
+    parser.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    parser.add_argument("--epochs", type=int, default=60, help="training epochs (default 60)")
+    parser.add_argument("--iterations-per-epoch", type=int, default=50, help="iterations per epoch (default 50)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--num-workers", type=int, default=None, help="augmentation workers (default: from the CPUs)")
+    parser.add_argument("--export", type=Path, default=None,
+                        help="folder to write the built-in model into (default: VS_RESULTS/builtin_export)")
+    return parser
+
+
+def _command(args: argparse.Namespace) -> int:
+    from vessel_seg.checkpoint import load_checkpoint
+    from vessel_seg.errors import VesselSegError
+    from vessel_seg.paths import results_root
+    from vessel_seg.pretraining import export_builtin_model, model_card, pretrain
+    from vessel_seg.trainers.settings import TrainingSettings
+
+    if args.cases < 2 or args.epochs < 1 or args.iterations_per_epoch < 1:
+        raise VesselSegError("--cases must be >= 2, --epochs and --iterations-per-epoch >= 1")
+    settings = TrainingSettings(
+        epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch, validation_iterations=5,
+        num_workers=args.num_workers, device=args.device, final_validation=False, checkpoint_every=1,
+    )
+    result = pretrain(args.dataset, args.cases, settings, seed=args.seed)
+    from vessel_seg.planners.plans import Plans
+
+    config = Plans.load(result.fold_dir.parent / "plans.json").configuration("3d_fullres")
+    weights = load_checkpoint(result.fold_dir / "checkpoint_final.pt")["network_weights"]
+    parameters = sum(v.numel() for v in weights.values() if v.is_floating_point())
+    card = model_card(num_cases=args.cases, seed=args.seed, iterations=args.epochs * args.iterations_per_epoch,
+                      patch=config.patch_size, batch=config.batch_size, device=str(args.device), parameters=parameters)
+    out = args.export if args.export is not None else results_root() / "builtin_export"
+    print(export_builtin_model(result.fold_dir.parent, out, card))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(build_parser(), _command, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
