@@ -12,8 +12,9 @@ input, so preprocessing, normalisation and resampling are the model's own), and 
    is an exit, its centroid the next centreline point and its distance to the background the local
    radius. Two or more forward exits are a bifurcation: each becomes a branch in the queue;
 3. drops exits that point straight back (more than ~135 degrees from the way the branch came), lie within
-   :data:`BORDER_VOXELS` of the image border, or fall into the explored region (the vessel inside
-   the inner shell of every earlier step, so branches never loop or run twice; checked again when an
+   :data:`BORDER_VOXELS` of the image border, or fall into the explored region (the vessel each earlier
+   step walked along, from its parent step to its centre, out to :data:`WALKED_RADII` local radii, so
+   branches never loop or run twice while siblings beside them stay open; checked again when an
    exit leaves the queue); a branch stops when no exit is left or the vessel fades (no component at
    its point).
 
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 
 SHELL_INNER = 0.6  # exits are looked for on the shell between these fractions of the patch's inscribed radius
 SHELL_OUTER = 0.9
-CORE_FRACTION = SHELL_INNER  # each step marks its vessel inside the inner shell as explored
+WALKED_RADII = 1.5  # each step marks the vessel it walked along, out to this many local radii (+1 voxel), as explored
 BORDER_VOXELS = 2  # exits closer than this to the image border are not followed
 MIN_EXIT_VOXELS = 2  # smaller shell clusters are noise, not a vessel leaving the patch
 REUSE_COVERED = 0.9  # a patch this much covered by earlier patches reuses their merged probabilities
@@ -185,8 +186,10 @@ class _Tracker:
         self.predicted[box] = True
         return foreground
 
-    def step(self, centre: np.ndarray, came_from: np.ndarray | None, branch: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Predict around ``centre``; returns the exits to follow as ``(next centre, direction)`` pairs."""
+    def step(self, centre: np.ndarray, came_from: np.ndarray | None, branch: int,
+             parent: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Predict around ``centre`` (reached from the step at ``parent``); returns the exits to follow as
+        ``(next centre, direction)`` pairs."""
         box = self.box(centre)
         vessel = self.predict(box) >= self.options.threshold
         lo = np.array([b.start for b in box])
@@ -197,12 +200,28 @@ class _Tracker:
             return []
         offsets = (np.indices(component.shape).reshape(3, -1).T - local) * self.spacing
         distance = np.linalg.norm(offsets, axis=1).reshape(component.shape)
-        radius = float(edt.edt(component, anisotropy=tuple(self.spacing), black_border=False).max())
+        radius = _local_radius(component, local, self.spacing)
         self.result.steps.append(TrackingStep(tuple(float(v) for v in centre), branch, radius))
-        core = component & (distance <= CORE_FRACTION * self.radius_mm)
         exits = self._exits(component, distance, lo, centre, came_from)
-        self.explored[box] |= core
+        self.explored[box] |= self._walked(component, offsets, local, lo, parent, radius)
         return exits
+
+    def _walked(self, component, offsets, local, lo, parent, radius) -> np.ndarray:
+        """The vessel this step walked along: voxels of ``component`` near the segment from ``parent`` to the centre.
+
+        Only the traversed vessel is explored, not everything the patch saw: in a dense tree, siblings
+        running beside the followed vessel must stay open for their own branches.
+        """
+        reach = WALKED_RADII * radius + float(self.spacing.max())
+        ball = (np.linalg.norm(offsets, axis=1) <= radius + float(self.spacing.max())).reshape(component.shape)
+        if parent is None:
+            return component & ball
+        back = (np.asarray(parent, dtype=np.float64) - lo - local) * self.spacing  # centre -> parent, mm
+        length2 = max(float(back @ back), 1e-9)
+        t = offsets @ back / length2  # 0 at the centre, 1 at the parent; < 0 is ahead, not walked yet
+        to_path = np.linalg.norm(offsets - np.clip(t, 0.0, 1.0)[:, None] * back, axis=1)
+        walked = ((t >= 0) & (to_path <= reach)).reshape(component.shape)
+        return component & (walked | ball)
 
     def _exits(self, component, distance, lo, centre, came_from) -> list[tuple[np.ndarray, np.ndarray]]:
         shell = component & (distance >= SHELL_INNER * self.radius_mm) & (distance <= SHELL_OUTER * self.radius_mm)
@@ -227,6 +246,14 @@ class _Tracker:
                 continue  # another branch was here
             out.append((point, direction))
         return out
+
+
+def _local_radius(component: np.ndarray, local: np.ndarray, spacing: np.ndarray) -> float:
+    """Vessel radius (mm) at the step: the largest distance to the background within two voxels of ``local``."""
+    depth = edt.edt(component, anisotropy=tuple(float(s) for s in spacing), black_border=False)
+    centre = np.clip(np.round(local).astype(int), 0, np.asarray(component.shape) - 1)
+    window = tuple(slice(max(c - 2, 0), c + 3) for c in centre)
+    return float(depth[window].max())
 
 
 def _component_at(vessel: np.ndarray, local: np.ndarray, spacing: np.ndarray) -> np.ndarray | None:
@@ -265,27 +292,27 @@ def track_vessels(
     """
     options = options or TrackingOptions()
     tracker = _Tracker(model, images, geometry, options)
-    queue: deque[tuple[np.ndarray, np.ndarray | None, int]] = deque()
+    queue: deque[tuple[np.ndarray, np.ndarray | None, int, np.ndarray | None]] = deque()
     for seed in seeds:
         index = physical_to_index(geometry, seed.point_mm)
         if np.any(index < -0.5) or np.any(index > np.asarray(images.shape[1:]) - 0.5):
             raise VesselSegError(f"seed {seed.point_mm} mm lies outside the image (voxel index z, y, x {np.round(index, 1)})")
-        queue.append((index, None, tracker.result.branches))
+        queue.append((index, None, tracker.result.branches, None))
         tracker.result.branches += 1
     steps_done = 0
     with tqdm(desc="tracking", unit="patch", disable=None) as bar:
         while queue and steps_done < options.max_steps:
-            centre, came_from, branch = queue.popleft()
+            centre, came_from, branch, parent = queue.popleft()
             if came_from is not None and tracker.explored[tuple(np.round(centre).astype(int))]:
                 continue  # another branch reached this exit after it was queued
-            exits = tracker.step(centre, came_from, branch)
+            exits = tracker.step(centre, came_from, branch, parent)
             steps_done += 1
             for k, (point, direction) in enumerate(exits):
                 child = branch
                 if k > 0:  # a bifurcation (or both ways from a seed): the further exits start new branches
                     child = tracker.result.branches
                     tracker.result.branches += 1
-                queue.append((point, direction, child))
+                queue.append((point, direction, child, centre))
             bar.update()
             bar.set_postfix(branches=tracker.result.branches, open=len(queue), refresh=False)
     if queue:
