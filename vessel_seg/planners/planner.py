@@ -314,21 +314,21 @@ def plan_experiment(
     notes.extend(_describe(config, budget) for config in configs.values())
     for note in notes:
         log.debug("plan %s: %s", dataset_name, note)
-    plans = Plans(
-        dataset_name=dataset_name,
-        plans_name=plans_name,
-        preset=preset,
-        gpu_memory_gb=float(gpu_memory_gb),
-        original_median_spacing=fingerprint.median_spacing,
-        original_median_shape=fingerprint.median_shape_after_crop,
-        labels=dict(info.labels),
-        channel_names=dict(info.channel_names),
-        file_ending=info.file_ending,
-        intensity_properties=dict(fingerprint.intensity),
-        configurations=configs,
-        notes=notes,
-    )
+    plans = Plans(dataset_name=dataset_name, plans_name=plans_name, preset=preset, gpu_memory_gb=float(gpu_memory_gb),
+                  configurations=configs, notes=notes, **dataset_facts(fingerprint, info))
     return settings.plans_transform(plans) if settings.plans_transform is not None else plans
+
+
+def dataset_facts(fingerprint: DatasetFingerprint, info: DatasetInfo) -> dict:
+    """The fields of :class:`Plans` that describe the dataset itself (not a planning decision)."""
+    return {
+        "original_median_spacing": fingerprint.median_spacing,
+        "original_median_shape": fingerprint.median_shape_after_crop,
+        "labels": dict(info.labels),
+        "channel_names": dict(info.channel_names),
+        "file_ending": info.file_ending,
+        "intensity_properties": dict(fingerprint.intensity),
+    }
 
 
 def _plan_lowres(

@@ -13,6 +13,7 @@ import copy
 from vessel_seg.dataset import DatasetInfo
 from vessel_seg.errors import PlansError
 from vessel_seg.planners.fingerprint import DatasetFingerprint
+from vessel_seg.planners.planner import dataset_facts
 from vessel_seg.planners.plans import Plans
 
 
@@ -39,16 +40,8 @@ def transferred_plans(source: Plans, fingerprint: DatasetFingerprint, info: Data
         copied.data_identifier = f"{plans_name}_{name}"
         configurations[name] = copied
     return Plans(
-        dataset_name=dataset_name,
-        plans_name=plans_name,
-        preset=source.preset,
-        gpu_memory_gb=source.gpu_memory_gb,
-        original_median_spacing=fingerprint.median_spacing,
-        original_median_shape=fingerprint.median_shape_after_crop,
-        labels=dict(info.labels),
-        channel_names=dict(info.channel_names),
-        file_ending=info.file_ending,
-        intensity_properties=dict(fingerprint.intensity),
+        dataset_name=dataset_name, plans_name=plans_name, preset=source.preset, gpu_memory_gb=source.gpu_memory_gb,
         configurations=configurations,
         notes=[f"configurations transferred from plans {source.plans_name!r} of {source.dataset_name}"],
+        **dataset_facts(fingerprint, info),
     )
