@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import socket
 import sys
 import time
@@ -96,7 +97,9 @@ def _row(name: str, arm: str, scores: dict, seconds: float | None, extra: dict |
             "seconds": None if seconds is None else round(seconds, 2), **(extra or {})}
 
 
-def evaluate_case(model, image_path: Path, label_path: Path, work: Path, nnunet_dir: Path | None) -> list[dict]:
+def evaluate_case(model, image_path: Path, label_path: Path, work: Path, external: dict) -> list[dict]:
+    """Full-volume and tracking rows of one case, plus a row per external method's mask (``external``:
+    arm -> (folder, seconds per case or None))."""
     images, geometry = read_image([image_path])
     label, _ = read_label(label_path)
     name = label_path.name.split(".")[0]
@@ -104,25 +107,42 @@ def evaluate_case(model, image_path: Path, label_path: Path, work: Path, nnunet_
     tracked, track_s, counts = run_tracking(model, images, geometry, label)
     rows = [_row(name, "full", score(full, label, geometry.spacing), full_s),
             _row(name, "tracking", score(tracked, label, geometry.spacing), track_s, counts)]
-    if nnunet_dir is not None and (nnunet_dir / label_path.name).is_file():
-        rows.append(_row(name, "nnunet", score(read_label(nnunet_dir / label_path.name)[0], label, geometry.spacing), None))
+    for arm, (folder, seconds) in external.items():
+        if (folder / label_path.name).is_file():
+            rows.append(_row(name, arm, score(read_label(folder / label_path.name)[0], label, geometry.spacing), seconds))
     return rows
 
 
-def evaluate_big(model, image_path: Path, label_path: Path, work: Path, shape) -> list[dict]:
+def run_seqseg_arm(images_dir: Path, labels_dir: Path, work: Path, weights: Path, dataset: str) -> tuple[Path, float]:
+    """SeqSeg (``seqseg`` on PATH) on every image of ``images_dir``, seeded at each label's root; masks and s/case."""
+    from vessel_seg.evaluation.runners import run_seqseg
+
+    result = run_seqseg(images_dir, labels_dir, work / "seqseg", weights, dataset)
+    count = len(list(Path(result.pred_dir).glob("*.nii.gz")))
+    return Path(result.pred_dir), result.runtime_s / max(count, 1)
+
+
+def evaluate_big(model, image_path: Path, label_path: Path, work: Path, shape, seqseg: tuple | None) -> list[dict]:
+    """The rows of the large sparse volume; ``seqseg`` = (weights, dataset) adds SeqSeg's."""
     from vessel_seg.imageio import write_image
 
     images, geometry = read_image([image_path])
     label, _ = read_label(label_path)
     big, big_label, big_geometry = big_sparse_volume(images, label, geometry, shape)
-    folder = work / "big"
+    folder, ref = work / "big", work / "big_ref"
     folder.mkdir(parents=True, exist_ok=True)
+    ref.mkdir(parents=True, exist_ok=True)
     write_image(big[0], big_geometry, folder / "big_0000.nii.gz")
+    write_image(big_label, big_geometry, ref / "big.nii.gz")
     full, full_s = run_full(model, folder / "big_0000.nii.gz", work / "big_full")
     tracked, track_s, counts = run_tracking(model, big, big_geometry, big_label)
     name = f"big {'x'.join(map(str, shape))}"
-    return [_row(name, "full", score(full, big_label, big_geometry.spacing), full_s),
+    rows = [_row(name, "full", score(full, big_label, big_geometry.spacing), full_s),
             _row(name, "tracking", score(tracked, big_label, big_geometry.spacing), track_s, counts)]
+    if seqseg is not None:
+        masks, seconds = run_seqseg_arm(folder, ref, work / "big_seqseg", *seqseg)
+        rows.append(_row(name, "seqseg", score(read_label(masks / "big.nii.gz")[0], big_label, big_geometry.spacing), seconds))
+    return rows
 
 
 def render(result: dict) -> str:
@@ -133,13 +153,16 @@ def render(result: dict) -> str:
     for row in result["rows"]:
         cells = ["-" if row.get(k) is None else f"{row[k]:.3f}" if isinstance(row[k], float) else str(row[k]) for k in keys]
         lines.append(f"| {row['case']} | {row['arm']} | " + " | ".join(cells) + " |")
-    for arm in ("full", "tracking", "nnunet"):
+    for arm in ("full", "tracking", "seqseg", "nnunet"):
         rows = [r for r in result["rows"] if r["arm"] == arm and not r["case"].startswith("big")]
         if rows:
             means = {k: np.mean([r[k] for r in rows]) for k in keys[:-1]}
             lines.append(f"| mean of {len(rows)} test cases | {arm} | "
                          + " | ".join(f"{means[k]:.3f}" for k in keys[:-1]) + " | - |")
     big = {r["arm"]: r for r in result["rows"] if r["case"].startswith("big")}
+    if "seqseg" in big:
+        lines += ["", f"SeqSeg on the large volume: {big['seqseg']['seconds'] / big['full']['seconds']:.3f} of "
+                  f"full-volume time, centreline capture {big['seqseg']['centreline_capture']:.3f}."]
     if "full" in big and "tracking" in big:
         lines += ["", f"Large sparse volume: tracking took {big['tracking']['seconds'] / big['full']['seconds']:.3f} of "
                   f"full-volume prediction's time and kept {big['tracking']['centreline_capture'] / max(big['full']['centreline_capture'], 1e-9):.1%} "
@@ -152,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", type=Path, required=True)
     parser.add_argument("--raw", type=Path, required=True, help="raw dataset folder with imagesTs and labelsTs")
     parser.add_argument("--nnunet-predictions", type=Path, default=None)
+    parser.add_argument("--seqseg-weights", type=Path, default=None,
+                        help="folder holding DATASET/nnUNetTrainer__nnUNetPlans__3d_fullres (seqseg_train.py prints it)")
+    parser.add_argument("--seqseg-dataset", default=None, help="SeqSeg's nnU-Net dataset name, e.g. Dataset900_SYNTHCT")
+    parser.add_argument("--seqseg-exe", type=Path, default=None, help="the seqseg executable (its folder goes on PATH)")
     parser.add_argument("--big-shape", type=int, nargs=3, default=(400, 512, 512))
     parser.add_argument("--max-cases", type=int, default=4)
     parser.add_argument("--work", type=Path, default=Path(__file__).resolve().parent / "work" / "tracking")
@@ -159,17 +186,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     model = load_trained_model(args.model_dir, checkpoint="final", device="cpu")
     labels = sorted((args.raw / "labelsTs").glob("*.nii.gz"))[: args.max_cases]
+    external, seqseg, status = {}, None, "not run (no --seqseg-weights: its published weights cannot be downloaded here)"
+    if args.nnunet_predictions is not None:
+        external["nnunet"] = (args.nnunet_predictions, None)
+    if args.seqseg_weights is not None:
+        if args.seqseg_exe is not None:
+            os.environ["PATH"] = f"{args.seqseg_exe.resolve().parent}{os.pathsep}{os.environ['PATH']}"
+        seqseg = (args.seqseg_weights.resolve(), args.seqseg_dataset)
+        external["seqseg"] = run_seqseg_arm(args.raw / "imagesTs", args.raw / "labelsTs", args.work, *seqseg)
+        status = f"`seqseg` run batch with `{args.seqseg_dataset}` from {args.seqseg_weights}, seeded at each label's root"
     rows = []
     for label_path in labels:
         image_path = args.raw / "imagesTs" / label_path.name.replace(".nii.gz", "_0000.nii.gz")
-        rows += evaluate_case(model, image_path, label_path, args.work, args.nnunet_predictions)
+        rows += evaluate_case(model, image_path, label_path, args.work, external)
         print(json.dumps(rows[-2:]), flush=True)
     first = labels[0]
     rows += evaluate_big(model, args.raw / "imagesTs" / first.name.replace(".nii.gz", "_0000.nii.gz"), first, args.work,
-                         args.big_shape)
+                         args.big_shape, seqseg)
     result = {"date": datetime.date.today().isoformat(), "host": socket.gethostname().split(".")[0],
-              "model": args.model_dir.name, "rows": rows,
-              "seqseg": "not run (its published weights cannot be downloaded here; training its nnU-Net model is open)"}
+              "model": args.model_dir.name, "rows": rows, "seqseg": status}
     write_results(args.out, result, "tracking", render(result))
     return 0
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 import json
-import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
 from scipy.spatial import cKDTree
+from training_helpers import read_vtp
 
 from vessel_seg.dataset_conversion.synthetic import generate_case
 from vessel_seg.errors import VesselSegError
@@ -36,19 +35,6 @@ def _cylinder() -> np.ndarray:
     mask = ((y - 20) * 0.7) ** 2 + ((x - 15) * 0.5) ** 2 <= 5.0**2
     mask[:3] = mask[-4:] = False
     return mask
-
-
-def _read_vtp(path) -> dict[str, np.ndarray]:
-    """Minimal reader for our inline-binary VTP files (UInt64 header, uncompressed)."""
-    arrays = {}
-    types = {"Float32": "<f4", "Float64": "<f8", "Int64": "<i8", "Int32": "<i4"}
-    for node in ET.parse(path).getroot().iter("DataArray"):
-        text = node.text.strip()
-        size = np.frombuffer(base64.b64decode(text[:12]), "<u8")[0]
-        data = np.frombuffer(base64.b64decode(text[12:]), types[node.get("type")])
-        assert data.nbytes == size
-        arrays[node.get("Name")] = data.reshape(-1, int(node.get("NumberOfComponents", 1)))
-    return arrays
 
 
 def _read_stl(path) -> np.ndarray:
@@ -80,7 +66,7 @@ def test_mesh_lies_on_the_mask_in_physical_space(shape_name, tmp_path):
     assert np.mean(outward > 0) > 0.95
 
     vtp = write_surface(mesh, tmp_path / "out" / "surface.vtp")
-    arrays = _read_vtp(vtp)
+    arrays = read_vtp(vtp)
     np.testing.assert_allclose(arrays["Points"], mesh.vertices, atol=1e-4)
     np.testing.assert_array_equal(arrays["connectivity"].reshape(-1, 3), mesh.triangles)
     stl = _read_stl(write_surface(mesh, tmp_path / "surface.stl"))
@@ -154,7 +140,7 @@ def test_y_shape_gives_one_branch_point_and_root_at_thickest_end(tmp_path):
         length = np.linalg.norm(np.diff(points, axis=0), axis=1).sum()
         assert b["length_mm"] == pytest.approx(length, rel=1e-3)
         np.testing.assert_allclose(points[0], data["nodes"][b["start"]]["position_mm"], atol=1e-3)
-    arrays = _read_vtp(tmp_path / "cl.vtp")
+    arrays = read_vtp(tmp_path / "cl.vtp")
     assert len(arrays["radius"]) == len(arrays["Points"]) == sum(len(b["points_mm"]) for b in data["branches"])
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -67,3 +70,16 @@ def threshold_model(order: int = 3, label_values=(0, 1, 5), patch=(16, 24, 24), 
     net = (network or ThresholdNet()).eval()
     return TrainedModel(Path("/models/vsTrainer__t__3d_fullres"), plans, config, info, [net], ["0"], (0, 1, 2),
                         torch.device("cpu"), list(label_values))
+
+
+def read_vtp(path) -> dict[str, np.ndarray]:
+    """Minimal reader for our inline-binary VTP files (UInt64 header, uncompressed)."""
+    arrays = {}
+    types = {"Float32": "<f4", "Float64": "<f8", "Int64": "<i8", "Int32": "<i4"}
+    for node in ET.parse(path).getroot().iter("DataArray"):
+        text = node.text.strip()
+        size = np.frombuffer(base64.b64decode(text[:12]), "<u8")[0]
+        data = np.frombuffer(base64.b64decode(text[12:]), types[node.get("type")])
+        assert data.nbytes == size
+        arrays[node.get("Name")] = data.reshape(-1, int(node.get("NumberOfComponents", 1)))
+    return arrays
