@@ -213,6 +213,42 @@ def format_summary(recipe: InferenceRecipe) -> str:
     return "\n".join(lines)
 
 
+def _score_configurations(
+    trained: list[tuple[str, Path]], fold_ids: list[str], refs: dict, labels: list[int], num_workers: int, notes: list[str],
+) -> tuple[dict[str, Scores], dict[str, dict[str, CasePrediction]]]:
+    """CV scores and validation cases of every trained configuration validated on all ``fold_ids`` (others noted)."""
+    config_scores: dict[str, Scores] = {}
+    config_cases: dict[str, dict[str, CasePrediction]] = {}
+    for configuration, model_dir in trained:
+        cases, problem = _validation_cases(model_dir, fold_ids, refs)
+        if problem:
+            notes.append(f"configuration {configuration}: skipped, {problem}")
+            log.warning("configuration %s skipped: %s", configuration, problem)
+            continue
+        config_scores[configuration] = _score_plain(configuration, list(cases.values()), labels, num_workers)
+        config_cases[configuration] = cases
+    return config_scores, config_cases
+
+
+def _score_ensembles(config_scores: dict, config_cases: dict, labels: list[int], num_workers: int, notes: list[str]) -> None:
+    """Add the pairwise ensembles (``"a+b"``) of configurations with validation probabilities to both maps."""
+    with_probs = [c for c in config_cases if _has_probabilities(config_cases[c])]
+    if len(config_scores) > 1 and len(with_probs) < len(config_scores):
+        without = ", ".join(c for c in config_cases if c not in with_probs)
+        notes.append(
+            f"ensembles not evaluated for {without}: no validation probabilities (CASE.npz) for every case; "
+            f"train without --no-validation-probabilities"
+        )
+    for members in itertools.combinations(with_probs, 2):
+        cases = _ensemble_cases([config_cases[m] for m in members])
+        if cases is None:
+            notes.append(f"ensemble {' + '.join(members)} not evaluated: validated on different cases")
+            continue
+        key = "+".join(members)
+        config_scores[key] = _score_plain(key, list(cases.values()), labels, num_workers)
+        config_cases[key] = cases
+
+
 def find_best_configuration(
     dataset: str | int,
     plans_name: str = "vs_plans",
@@ -263,37 +299,14 @@ def find_best_configuration(
         missing = sorted(set(configurations) - {c for c, _ in trained})
         notes += [f"configuration {c}: no model folder, skipped" for c in missing]
     labels = _label_values(name, [d for _, d in trained])
-    config_scores: dict[str, Scores] = {}
-    config_cases: dict[str, dict[str, CasePrediction]] = {}
-    for configuration, model_dir in trained:
-        cases, problem = _validation_cases(model_dir, fold_ids, refs)
-        if problem:
-            notes.append(f"configuration {configuration}: skipped, {problem}")
-            log.warning("configuration %s skipped: %s", configuration, problem)
-            continue
-        config_scores[configuration] = _score_plain(configuration, list(cases.values()), labels, num_workers)
-        config_cases[configuration] = cases
+    config_scores, config_cases = _score_configurations(trained, fold_ids, refs, labels, num_workers, notes)
     if not config_scores:
         raise VesselSegError(
             f"{results_root() / name}: no configuration has validation predictions for folds {', '.join(fold_ids)} "
             f"({notes[-1] if notes else 'nothing trained'}); finish training those folds first"
             + _fold_hint([d for _, d in trained])
         )
-    with_probs = [c for c in config_cases if _has_probabilities(config_cases[c])]
-    if len(config_scores) > 1 and len(with_probs) < len(config_scores):
-        without = ", ".join(c for c in config_cases if c not in with_probs)
-        notes.append(
-            f"ensembles not evaluated for {without}: no validation probabilities (CASE.npz) for every case; "
-            f"train without --no-validation-probabilities"
-        )
-    for members in itertools.combinations(with_probs, 2):
-        cases = _ensemble_cases([config_cases[m] for m in members])
-        if cases is None:
-            notes.append(f"ensemble {' + '.join(members)} not evaluated: validated on different cases")
-            continue
-        key = "+".join(members)
-        config_scores[key] = _score_plain(key, list(cases.values()), labels, num_workers)
-        config_cases[key] = cases
+    _score_ensembles(config_scores, config_cases, labels, num_workers, notes)
     best = max(config_scores, key=lambda c: config_scores[c].score)
     members = best.split("+")
     fingerprint = _load_fingerprint(name, dict(trained)[members[0]])
