@@ -7,6 +7,7 @@ the same command. The exported folder is what ``vs_predict --model builtin`` shi
 from __future__ import annotations
 
 import argparse
+import datetime
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-d", "--dataset", type=int, default=990, metavar="NNN", help="dataset id for the generated data (default 990)")
     parser.add_argument("--cases", type=int, default=400, help="domain-randomised training cases (default 400)")
     parser.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
-    parser.add_argument("--epochs", type=int, default=60, help="training epochs (default 60)")
+    parser.add_argument("--epochs", type=int, default=36, help="training epochs (default 36, as the shipped model)")
     parser.add_argument("--iterations-per-epoch", type=int, default=50, help="iterations per epoch (default 50)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--num-workers", type=int, default=None, help="augmentation workers (default: from the CPUs)")
@@ -49,10 +50,30 @@ def _command(args: argparse.Namespace) -> int:
     weights = load_checkpoint(result.fold_dir / "checkpoint_final.pt")["network_weights"]
     parameters = sum(v.numel() for v in weights.values() if v.is_floating_point())
     card = model_card(num_cases=args.cases, seed=args.seed, iterations=args.epochs * args.iterations_per_epoch,
-                      patch=config.patch_size, batch=config.batch_size, device=str(args.device), parameters=parameters)
+                      patch=config.patch_size, batch=config.batch_size, device=_hardware(args.device),
+                      parameters=parameters)
     out = args.export if args.export is not None else results_root() / "builtin_export"
     print(export_builtin_model(result.fold_dir.parent, out, card))
     return 0
+
+
+def _hardware(requested: str) -> str:
+    """The device the run trained on, in words for the model card (GPU name, or CPU model and core count)."""
+    import os
+    import platform
+
+    import torch
+
+    from vessel_seg.device import select_device
+
+    device = select_device(requested)
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} ({datetime.date.today().isoformat()})"
+    model = platform.machine()
+    if os.path.isfile("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as handle:
+            model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), model)
+    return f"CPU {model}, {os.cpu_count()} cores ({datetime.date.today().isoformat()})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
