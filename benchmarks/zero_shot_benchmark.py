@@ -4,7 +4,7 @@ Usage::
 
     .venv/bin/python benchmarks/zero_shot_benchmark.py [--builtin DIR] [--work benchmarks/work/zeroshot] \\
         [--seed 7070] [--styles ct mr microscopy] [--train-cases 8] [--test-cases 4] [--size 64] \\
-        [--iterations 300] [--fewshot-iterations 150] [--shots 1 3] [--out benchmarks/results]
+        [--iterations 300] [--fewshot-iterations 150] [--shots 1 3] [--fewshot-styles ct] [--out benchmarks/results]
 
 For each style (``ct``: CT-like trees with bone; ``mr``: TOF-MR-like trees on a dark background;
 ``microscopy``: a dense capillary bed under two-photon fluorescence; none of them is produced by the
@@ -149,7 +149,7 @@ def run_style(style: str, args: argparse.Namespace, builtin: Path) -> list[dict]
                  "iterations": args.iterations, **predict_and_score(model_dir, raw_dir, preds / "own")})
     print(rows[-1], flush=True)
     builtin_plans = Plans.load(builtin / "plans.json")
-    for k, shots in enumerate(args.shots):
+    for k, shots in enumerate(args.shots if style in (args.fewshot_styles or args.styles) else []):
         subset_id = dataset_id * 10 % 1000 + k + 1  # 701 -> 11, 12...: ids of the subsets
         subset = subset_dataset(raw_dir, subset_id, shots)
         plan_and_preprocess(subset.name, ["3d_fullres"], num_workers=2, plans_name="vs_builtin", plans_from=builtin_plans)
@@ -194,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--fewshot-iterations", type=int, default=150)
     parser.add_argument("--shots", type=int, nargs="*", default=[1, 3])
+    parser.add_argument("--fewshot-styles", nargs="*", default=None, choices=list(STYLE_IDS),
+                        help="styles that get the few-shot arms (default: all of --styles)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
     set_roots(args.work.resolve())
