@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
+import json
 import os
 import shutil
 import socket
@@ -127,39 +129,70 @@ def generator_rate(count: int = 20, seed: int = 99) -> dict[str, float]:
     return {"volumes_per_s": count / seconds, "mean_voxels": float(np.mean(voxels))}
 
 
+def row_once(cache: Path, key: str, make) -> dict:
+    """The row ``key``: measured by ``make()`` once and kept in ``cache/key.json``, so a rerun (or a killed run)
+    reports the numbers measured then instead of timing a resumed, already finished training."""
+    path = cache / f"{key.replace(' ', '_')}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    row = make()
+    cache.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(row))
+    print(row, flush=True)
+    return row
+
+
 def run_style(style: str, args: argparse.Namespace, builtin: Path) -> list[dict]:
     """Every arm on one style; rows of the table."""
     from vessel_seg.dataset_conversion.synthetic import generate_dataset
     from vessel_seg.paths import dataset_name, raw_root, results_root
     from vessel_seg.planners.pipeline import plan_and_preprocess
-    from vessel_seg.planners.plans import Plans
 
     dataset_id = STYLE_IDS[style]
     raw_dir = raw_root() / dataset_name(dataset_id, f"ZeroShot{style.capitalize()}")
     if not (raw_dir / "dataset.json").is_file():
         generate_dataset(dataset_id, args.train_cases, args.test_cases, size=args.size, seed=args.seed, modality=style,
                          name=f"ZeroShot{style.capitalize()}")
-    preds = results_root() / "predictions" / style
-    rows = [{"style": style, "arm": "zero-shot", "cases_labelled": 0, "train_s": 0.0,
-             **predict_and_score(builtin, raw_dir, preds / "zero_shot")}]
-    print(rows[-1], flush=True)
-    plan_and_preprocess(dataset_id, ["3d_fullres"], num_workers=2, plans_name="cpu")
-    model_dir, seconds = train_arm(dataset_id, "cpu", args.iterations, "vsTrainer", None)
-    rows.append({"style": style, "arm": "own model", "cases_labelled": args.train_cases, "train_s": seconds,
-                 "iterations": args.iterations, **predict_and_score(model_dir, raw_dir, preds / "own")})
-    print(rows[-1], flush=True)
-    builtin_plans = Plans.load(builtin / "plans.json")
-    for k, shots in enumerate(args.shots if style in (args.fewshot_styles or args.styles) else []):
-        subset_id = dataset_id * 10 % 1000 + k + 1  # 701 -> 11, 12...: ids of the subsets
-        subset = subset_dataset(raw_dir, subset_id, shots)
-        plan_and_preprocess(subset.name, ["3d_fullres"], num_workers=2, plans_name="vs_builtin", plans_from=builtin_plans)
+    preds, cache = results_root() / "predictions" / style, results_root() / "rows" / style
+    rows = [row_once(cache, "zero-shot", lambda: {"style": style, "arm": "zero-shot", "cases_labelled": 0, "train_s": 0.0,
+                                                   **predict_and_score(builtin, raw_dir, preds / "zero_shot")})]
+
+    def own_model() -> dict:
+        plan_and_preprocess(dataset_id, ["3d_fullres"], num_workers=2, plans_name="cpu")
+        model_dir, seconds = train_arm(dataset_id, "cpu", args.iterations, "vsTrainer", None)
+        return {"style": style, "arm": "own model", "cases_labelled": args.train_cases, "train_s": seconds,
+                "iterations": args.iterations, **predict_and_score(model_dir, raw_dir, preds / "own")}
+
+    rows.append(row_once(cache, "own model", own_model))
+    if style in (args.fewshot_styles or args.styles):
+        rows += few_shot_rows(style, raw_dir, args, builtin, preds, cache)
+    return rows
+
+
+def few_shot_arm(style: str, subset: Path, shots: int, arm: str, trainer: str, pretrained: Path | None, raw_dir: Path,
+                 args: argparse.Namespace, builtin_plans, preds: Path) -> dict:
+    """Preprocess ``subset`` with the built-in plans, train one arm and score it on the style's test cases."""
+    from vessel_seg.planners.pipeline import plan_and_preprocess
+
+    plan_and_preprocess(subset.name, ["3d_fullres"], num_workers=2, plans_name="vs_builtin", plans_from=builtin_plans)
+    model_dir, seconds = train_arm(subset.name, "vs_builtin", args.fewshot_iterations, trainer, pretrained)
+    return {"style": style, "arm": f"{arm} {shots}", "cases_labelled": shots, "train_s": seconds,
+            "iterations": args.fewshot_iterations,
+            **predict_and_score(model_dir, raw_dir, preds / f"{arm.replace('-', '_')}_{shots}")}
+
+
+def few_shot_rows(style: str, raw_dir: Path, args: argparse.Namespace, builtin: Path, preds: Path, cache: Path) -> list[dict]:
+    """Fine-tuned and from-scratch rows for each ``--shots`` count (same plans, cases and iterations)."""
+    from vessel_seg.planners.plans import Plans
+
+    builtin_plans, rows = Plans.load(builtin / "plans.json"), []
+    for k, shots in enumerate(args.shots):
+        subset = subset_dataset(raw_dir, STYLE_IDS[style] * 10 % 1000 + k + 1, shots)  # 701 -> ids 11, 12, ...
         for arm, trainer, pretrained in (("fine-tuned", "vsTrainer", builtin / "fold_all" / "checkpoint_final.pt"),
                                          ("scratch", "vsTrainerScratch", None)):
-            model_dir, seconds = train_arm(subset.name, "vs_builtin", args.fewshot_iterations, trainer, pretrained)
-            rows.append({"style": style, "arm": f"{arm} {shots}", "cases_labelled": shots, "train_s": seconds,
-                         "iterations": args.fewshot_iterations,
-                         **predict_and_score(model_dir, raw_dir, preds / f"{arm.replace('-', '_')}_{shots}")})
-            print(rows[-1], flush=True)
+            measure = functools.partial(few_shot_arm, style, subset, shots, arm, trainer, pretrained, raw_dir, args,
+                                        builtin_plans, preds)
+            rows.append(row_once(cache, f"{arm} {shots}", measure))
     return rows
 
 

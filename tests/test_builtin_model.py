@@ -144,9 +144,9 @@ def zero_shot_script():
 def test_zero_shot_benchmark_runs_every_arm(shipped, zero_shot_script, tmp_path, monkeypatch):
     for name in ("raw", "preprocessed", "results"):  # the script points these at its work folder itself
         monkeypatch.setenv(f"VS_{name.upper()}", str(tmp_path / "unused" / name))
-    assert zero_shot_script.main(["--work", str(tmp_path / "work"), "--styles", "mr", "--train-cases", "2",
-                                  "--test-cases", "1", "--size", "32", "--iterations", "2", "--fewshot-iterations", "2",
-                                  "--shots", "1", "--out", str(tmp_path / "results")]) == 0
+    argv = ["--work", str(tmp_path / "work"), "--styles", "mr", "--train-cases", "2", "--test-cases", "1", "--size", "32",
+            "--iterations", "2", "--fewshot-iterations", "2", "--shots", "1", "--out", str(tmp_path / "results")]
+    assert zero_shot_script.main(argv) == 0
     (result,) = (tmp_path / "results").glob("*-zeroshot.json")
     import json
 
@@ -154,3 +154,6 @@ def test_zero_shot_benchmark_runs_every_arm(shipped, zero_shot_script, tmp_path,
     assert [r["arm"] for r in rows] == ["zero-shot", "own model", "fine-tuned 1", "scratch 1"]
     assert all(0.0 <= r["dice"] <= 1.0 and r["cases"] == 1 for r in rows)
     assert rows[0]["train_s"] == 0.0 and rows[2]["cases_labelled"] == 1
+    # a rerun reports the rows measured the first time (not the time of a resumed, finished training)
+    assert zero_shot_script.main(argv) == 0
+    assert json.loads(result.read_text())["rows"] == rows
