@@ -249,6 +249,18 @@ def _score_ensembles(config_scores: dict, config_cases: dict, labels: list[int],
         config_cases[key] = cases
 
 
+def _postprocessing_of_best(name: str, best: str, model_dir: Path, cases: dict, labels: list[int], num_workers: int,
+                            notes: list[str]):
+    """The postprocessing chosen on the best configuration's validation cases, and the scores of every candidate."""
+    fingerprint = _load_fingerprint(name, model_dir)
+    if fingerprint is None:
+        notes.append("no fingerprint found: debris removal and gap bridging tried with fixed sizes only")
+    try_bridging = _has_probabilities(cases) or "+" in best
+    if not try_bridging:
+        notes.append(f"gap bridging not evaluated: {best} has no validation probabilities (CASE.npz) for every case")
+    return _choose_postprocessing(list(cases.values()), labels, fingerprint, num_workers, try_bridging)
+
+
 def find_best_configuration(
     dataset: str | int,
     plans_name: str = "vs_plans",
@@ -309,15 +321,8 @@ def find_best_configuration(
     _score_ensembles(config_scores, config_cases, labels, num_workers, notes)
     best = max(config_scores, key=lambda c: config_scores[c].score)
     members = best.split("+")
-    fingerprint = _load_fingerprint(name, dict(trained)[members[0]])
-    if fingerprint is None:
-        notes.append("no fingerprint found: debris removal and gap bridging tried with fixed sizes only")
-    try_bridging = _has_probabilities(config_cases[best]) or len(members) > 1
-    if not try_bridging:
-        notes.append(f"gap bridging not evaluated: {best} has no validation probabilities (CASE.npz) for every case")
-    postprocessing, post_scores = _choose_postprocessing(
-        list(config_cases[best].values()), labels, fingerprint, num_workers, try_bridging
-    )
+    postprocessing, post_scores = _postprocessing_of_best(name, best, dict(trained)[members[0]], config_cases[best],
+                                                          labels, num_workers, notes)
     recipe = InferenceRecipe(
         dataset_name=name,
         plans_name=plans_name,
