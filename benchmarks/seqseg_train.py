@@ -4,7 +4,7 @@ Usage (SeqSeg installed in the nnU-Net environment: ``pip install -c torch-pin.t
 
     .venv/bin/python benchmarks/seqseg_train.py --raw VS_RAW/Dataset520_Synthetic \\
         --seqseg /tmp/nnunet_venv/bin/seqseg --work benchmarks/work/seqseg [--dataset-id 900] \\
-        [--trainer nnUNetTrainer_5epochs] [--num-cores 2]
+        [--epochs 5] [--iterations 50] [--num-cores 2]
 
 Steps, each skipped when its output exists:
 
@@ -12,10 +12,12 @@ Steps, each skipped when its output exists:
    ``centerlines/*.vtp`` (centrelines extracted from the labels, mm, with a ``radius`` array);
 2. ``seqseg train prepare --data-dir ... --config-name default_mm``: SeqSeg samples its patches along
    the centrelines and plans/preprocesses them as nnU-Net ``Dataset{id}_SYNTHCT``;
-3. ``seqseg train nnunet --fold all --trainer TRAINER`` (``--c`` when a checkpoint exists): a budget
-   variant of nnU-Net's trainer fits a CPU session;
-4. the trained folder is linked as ``weights/Dataset{id}_SYNTHCT/nnUNetTrainer__nnUNetPlans__3d_fullres``,
-   the name SeqSeg's tracer looks for.
+3. nnU-Net's ``nnUNetTrainer`` on that dataset, fold ``all``, for ``--epochs`` x ``--iterations`` (a budget that
+   fits a CPU session), through ``benchmarks/nnunet_driver.py``: ``seqseg train nnunet`` calls ``nnUNetv2_train``,
+   whose trainer lookup by name imports every trainer variant and fails where torchvision is broken (the registry's
+   torchvision 0.28.0 is the CUDA build beside the CPU torch here); the driver imports ``nnUNetTrainer`` directly.
+   The result is the folder SeqSeg's tracer reads, ``Dataset{id}_SYNTHCT/nnUNetTrainer__nnUNetPlans__3d_fullres``
+   (its predictor finds ``nnUNetTrainer`` in the first module it imports, before any variant).
 
 It prints the ``--seqseg-weights`` / ``--seqseg-dataset`` arguments that ``tracking_benchmark.py`` and
 ``vs_benchmark --run-seqseg`` take. With SeqSeg's published weights, skip this script and pass their folder.
@@ -54,8 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seqseg", default="seqseg", help="the seqseg executable (in the nnU-Net environment)")
     parser.add_argument("--work", type=Path, default=Path("benchmarks/work/seqseg"))
     parser.add_argument("--dataset-id", type=int, default=900)
-    parser.add_argument("--trainer", default="nnUNetTrainer_5epochs")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--iterations", type=int, default=50, help="training iterations per epoch")
     parser.add_argument("--num-cores", type=int, default=2)
+    parser.add_argument("--sampler-config", default="default_mm",
+                        help="vascular-segment-sampler YAML (name or path); patches are MU_SIZE local radii wide")
     args = parser.parse_args(argv)
     work = args.work.resolve()
     env, log = nnunet_env(work), work / "seqseg_train.log"
@@ -64,18 +69,16 @@ def main(argv: list[str] | None = None) -> int:
     name = f"Dataset{args.dataset_id:03d}_SYNTHCT"
     if not (work / "nnUNet_preprocessed" / name / "nnUNetPlans.json").is_file():
         run([args.seqseg, "train", "prepare", "--data-dir", str(data), "--name", "SYNTH", "--dataset-id",
-             str(args.dataset_id), "--modality", "CT", "--config-name", "default_mm", "--img-ext", ".nii.gz",
+             str(args.dataset_id), "--modality", "CT", "--config-name", args.sampler_config, "--img-ext", ".nii.gz",
              "--nnunet-raw", env["nnUNet_raw"], "--num-cores", str(args.num_cores)], env, log)
-    trained = work / "nnUNet_results" / name / f"{args.trainer}__nnUNetPlans__3d_fullres"
+    trained = work / "nnUNet_results" / name / "nnUNetTrainer__nnUNetPlans__3d_fullres"
     if not (trained / "fold_all" / "checkpoint_final.pth").is_file():
-        resume = ["--c"] if (trained / "fold_all" / "checkpoint_latest.pth").is_file() else []
-        run([args.seqseg, "train", "nnunet", "--dataset-id", str(args.dataset_id), "--fold", "all",
-             "--trainer", args.trainer, *resume], env, log)
-    link = work / "weights" / name / "nnUNetTrainer__nnUNetPlans__3d_fullres"
-    link.parent.mkdir(parents=True, exist_ok=True)
-    if not link.exists():
-        link.symlink_to(trained, target_is_directory=True)
-    print(f"--seqseg-weights {work / 'weights'} --seqseg-dataset {name}")
+        python = str(Path(args.seqseg).resolve().parent / "python")
+        driver = str(Path(__file__).resolve().parent / "nnunet_driver.py")
+        run([python, driver, "train", "-d", str(args.dataset_id), "-c", "3d_fullres", "-f", "all", "--epochs",
+             str(args.epochs), "--iterations", str(args.iterations), "--timings", str(work / "train_timings.json")],
+            env, log)
+    print(f"--seqseg-weights {work / 'nnUNet_results'} --seqseg-dataset {name}")
     return 0
 
 
