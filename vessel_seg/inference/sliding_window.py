@@ -143,6 +143,20 @@ def predict_logits(
 
 
 @torch.inference_mode()
+def _padded_input(data: torch.Tensor | np.ndarray, patch: tuple[int, ...]) -> tuple[torch.Tensor, list[int]]:
+    """``data`` ``(C, Z, Y, X)`` as a float32 tensor, zero-padded (centred) to at least ``patch``; and the padding per axis."""
+    if not isinstance(data, torch.Tensor):
+        array = np.asarray(data, dtype=np.float32)
+        # Tiles are only read, so a float32 array is wrapped without copying (one volume less in
+        # memory); read-only inputs (memory maps) are copied because torch needs writable buffers.
+        data = torch.from_numpy(array if array.flags.writeable else array.copy())
+    data = data.float()
+    pad = [max(p - s, 0) for p, s in zip(patch, data.shape[1:], strict=True)]
+    if any(pad):
+        data = torch.nn.functional.pad(data, [v for p in reversed(pad) for v in (p // 2, p - p // 2)])
+    return data, pad
+
+
 def iter_logit_slabs(
     network: nn.Module,
     data: torch.Tensor | np.ndarray,
@@ -178,19 +192,10 @@ def iter_logit_slabs(
     if not 0 < step <= 1:
         raise ValueError(f"step must be in (0, 1] so that tiles leave no gap, got {step}")
     device = torch.device(device)
-    if not isinstance(data, torch.Tensor):
-        array = np.asarray(data, dtype=np.float32)
-        # Tiles are only read, so a float32 array is wrapped without copying (one volume less in
-        # memory); read-only inputs (memory maps) are copied because torch needs writable buffers.
-        data = torch.from_numpy(array if array.flags.writeable else array.copy())
-    data = data.float()
     squeeze_z = len(patch_size) == 2
     patch = (1, *patch_size) if squeeze_z else tuple(int(p) for p in patch_size)
     spatial = tuple(data.shape[1:])
-    pad = [max(p - s, 0) for p, s in zip(patch, spatial, strict=True)]
-    if any(pad):
-        pad_arg = [v for p in reversed(pad) for v in (p // 2, p - p // 2)]
-        data = torch.nn.functional.pad(data, pad_arg)
+    data, pad = _padded_input(data, patch)
     padded = tuple(data.shape[1:])
     weights = gaussian_importance(patch).to(device)
     accum, norm = _accumulators(num_classes, (patch[0], *padded[1:]), device)

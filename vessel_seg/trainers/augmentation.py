@@ -251,6 +251,15 @@ def _intensity_steps(fixed: int | None) -> list:
     ]
 
 
+def default_rotation_deg(patch: tuple[int, ...], fixed: int | None) -> float:
+    """nnU-Net's rotation range in degrees: 30 in 3D; in plane (2D or dummy 2D) 180, or 15 for patches more
+    than 1.5 times longer than wide (rotating those would cut off their ends)."""
+    if len(patch) == 3 and fixed is None:
+        return 30.0
+    in_plane = [p for a, p in enumerate(patch) if a != fixed][-2:]
+    return 180.0 if max(in_plane) / min(in_plane) <= 1.5 else 15.0
+
+
 def training_transforms(
     patch_size: Sequence[int],
     spacing: Sequence[float],
@@ -313,11 +322,7 @@ def training_transforms(
     axes = tuple(range(dim)) if mirror_axes is None else tuple(int(a) for a in mirror_axes)
     if any(not 0 <= a < dim for a in axes):
         raise ValueError(f"mirror axes {axes} are not spatial axes of a {dim}D patch")
-    in_plane = [patch[a] for a in range(dim) if a != fixed][-2:]
-    if rotation_deg is None:
-        planar = dim == 2 or fixed is not None
-        rotation_deg = (180.0 if max(in_plane) / min(in_plane) <= 1.5 else 15.0) if planar else 30.0
-    angle = math.radians(rotation_deg)
+    angle = math.radians(rotation_deg if rotation_deg is not None else default_rotation_deg(patch, fixed))
     spatial_on = p_rotation > 0 or p_scale > 0 or (elastic and p_elastic > 0)
     sample = initial_patch_size(patch, angle, scale_range, fixed) if spatial_on else patch
 
