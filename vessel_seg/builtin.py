@@ -34,7 +34,7 @@ def builtin_model_dir() -> Path:
     return folder
 
 
-def announce_builtin(reason: str) -> None:
-    """The one log line that says predictions come from the built-in model, and why."""
+def announce_builtin(folder: Path, reason: str) -> None:
+    """The one log line that says predictions come from the built-in model in ``folder``, and why."""
     log.info("using the built-in pretrained vessel model (%s): zero-shot, trained on synthetic data only; "
-             "see %s for its limits", reason, builtin_model_dir() / "MODEL_CARD.md")
+             "see %s for its limits", reason, folder / "MODEL_CARD.md")

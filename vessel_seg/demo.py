@@ -87,8 +87,9 @@ def run_demo(args: argparse.Namespace) -> Path:
 def _zero_shot(images: Path, labels: Path, out: Path) -> float:
     """The built-in model on the test images before any training; prints its scores, returns seconds."""
     log.info("[zero-shot] the built-in pretrained model on imagesTs, before any training")
-    model = load_trained_model(builtin_model_dir())
-    announce_builtin("make demo, zero-shot")
+    folder = builtin_model_dir()
+    model = load_trained_model(folder)
+    announce_builtin(folder, "make demo, zero-shot")
     seconds = predict_folder(model, images, out, use_tta=False)
     print(format_summary_table(evaluate_folders(labels, out, out)))
     return sum(seconds.values())

@@ -152,15 +152,16 @@ def _chosen_models(args: argparse.Namespace, folds: list[str] | None) -> tuple[l
 
     if args.model == "builtin":
         _check_no_model_choice(args, "--model builtin", also_m=True)
-        announce_builtin("--model builtin")
-        return [builtin_model_dir()], None, None
+        folder = builtin_model_dir()
+        announce_builtin(folder, "--model builtin")
+        return [folder], None, None
     if args.model_folders:
         return _explicit_model_folders(args), None, folds
     dataset = resolve_prediction_dataset(args.dataset, allow_none=True)
     if dataset is None:
         _check_no_model_choice(args, "the built-in model (nothing trained under VS_RESULTS)")
         folder = builtin_model_dir()
-        announce_builtin("no -d and no trained model under VS_RESULTS")
+        announce_builtin(folder, "no -d and no trained model under VS_RESULTS")
         return [folder], None, None
     choice = choose_models(dataset, args.configuration, args.plans, args.trainer)
     return choice.model_dirs, choice.recipe, folds or choice.folds
