@@ -4,7 +4,8 @@ on one large sparse volume.
 Usage::
 
     .venv/bin/python benchmarks/tracking_benchmark.py --model-dir VS_RESULTS/Dataset520_Synthetic/vsTrainer__cpu__3d_fullres \\
-        --raw VS_RAW/Dataset520_Synthetic [--nnunet-predictions DIR] [--big-shape 400 512 512] [--out benchmarks/results]
+        --raw VS_RAW/Dataset520_Synthetic [--nnunet-predictions DIR] [--big-shape 400 512 512] [--out benchmarks/results] \\
+        [--seqseg-exe VENV/bin/seqseg --seqseg-weights W --seqseg-dataset D --seqseg-config C] [--reuse-rows JSON]
 
 Arms, all without mirroring TTA (so that times compare), on every ``imagesTs`` case and on the large volume:
 
@@ -14,7 +15,13 @@ Arms, all without mirroring TTA (so that times compare), on every ``imagesTs`` c
   the seed SeqSeg gets as well;
 - ``nnunet``: nnU-Net v2's masks of the same cases when ``--nnunet-predictions`` is given (scored only:
   they come from another run, whose time is not comparable);
-- SeqSeg: listed as not run when its trained weights are not available (see the issue notes).
+- ``seqseg``: the SeqSeg package (``seqseg run batch``) from the same seeds, with the nnU-Net weights given by
+  ``--seqseg-weights/--seqseg-dataset`` (``benchmarks/seqseg_train.py`` trains them with SeqSeg's own sampler
+  and prints these arguments with ``--seqseg-config``); its mask is resampled onto the input grid. Listed as
+  not run without weights.
+
+``--reuse-rows`` takes the ``full``/``tracking`` rows of an earlier result JSON of the same model (say so when
+reporting), e.g. to add SeqSeg without repeating the 20-minute full-volume prediction of the large volume.
 
 Scores: Dice, clDice, connected components, Betti-0 error, **centreline capture** (the share of the
 reference skeleton inside the prediction) and seconds. The large volume (``--big-shape``, default
@@ -97,33 +104,53 @@ def _row(name: str, arm: str, scores: dict, seconds: float | None, extra: dict |
             "seconds": None if seconds is None else round(seconds, 2), **(extra or {})}
 
 
-def evaluate_case(model, image_path: Path, label_path: Path, work: Path, external: dict) -> list[dict]:
-    """Full-volume and tracking rows of one case, plus a row per external method's mask (``external``:
-    arm -> (folder, seconds per case or None))."""
+def evaluate_case(model, image_path: Path, label_path: Path, work: Path, external: dict, reuse: dict) -> list[dict]:
+    """Full-volume and tracking rows of one case (taken from ``reuse`` where it has them), plus a row per
+    external method's mask (``external``: arm -> (folder, seconds per case or None))."""
     images, geometry = read_image([image_path])
     label, _ = read_label(label_path)
     name = label_path.name.split(".")[0]
-    full, full_s = run_full(model, image_path, work / "full")
-    tracked, track_s, counts = run_tracking(model, images, geometry, label)
-    rows = [_row(name, "full", score(full, label, geometry.spacing), full_s),
-            _row(name, "tracking", score(tracked, label, geometry.spacing), track_s, counts)]
+
+    def full_row() -> dict:
+        full, seconds = run_full(model, image_path, work / "full")
+        return _row(name, "full", score(full, label, geometry.spacing), seconds)
+
+    def tracking_row() -> dict:
+        tracked, seconds, counts = run_tracking(model, images, geometry, label)
+        return _row(name, "tracking", score(tracked, label, geometry.spacing), seconds, counts)
+
+    rows = [reuse.get((name, "full")) or full_row(), reuse.get((name, "tracking")) or tracking_row()]
     for arm, (folder, seconds) in external.items():
         if (folder / label_path.name).is_file():
             rows.append(_row(name, arm, score(read_label(folder / label_path.name)[0], label, geometry.spacing), seconds))
     return rows
 
 
-def run_seqseg_arm(images_dir: Path, labels_dir: Path, work: Path, weights: Path, dataset: str) -> tuple[Path, float]:
-    """SeqSeg (``seqseg`` on PATH) on every image of ``images_dir``, seeded at each label's root; masks and s/case."""
+def load_reused_rows(path: Path | None, model_name: str) -> dict:
+    """(case, arm) -> row of the ``full`` and ``tracking`` arms of an earlier result of the same model."""
+    if path is None:
+        return {}
+    earlier = json.loads(path.read_text())
+    if earlier.get("model") != model_name:
+        sys.exit(f"{path}: rows of model {earlier.get('model')!r}, not {model_name!r}; rerun without --reuse-rows")
+    return {(r["case"], r["arm"]): r for r in earlier["rows"] if r["arm"] in ("full", "tracking")}
+
+
+def run_seqseg_arm(images_dir: Path, labels_dir: Path, work: Path, weights: Path, dataset: str,
+                   config: str) -> tuple[Path, float]:
+    """SeqSeg (``seqseg`` on PATH) on every image of ``images_dir``, seeded at each label's root, tracing with
+    ``config`` (a SeqSeg config name or path without ``.yaml``); masks and seconds per case."""
     from vessel_seg.evaluation.runners import run_seqseg
 
-    result = run_seqseg(images_dir, labels_dir, work / "seqseg", weights, dataset)
+    result = run_seqseg(images_dir, labels_dir, work / "seqseg", weights, dataset, config_name=config)
     count = len(list(Path(result.pred_dir).glob("*.nii.gz")))
     return Path(result.pred_dir), result.runtime_s / max(count, 1)
 
 
-def evaluate_big(model, image_path: Path, label_path: Path, work: Path, shape, seqseg: tuple | None) -> list[dict]:
-    """The rows of the large sparse volume; ``seqseg`` = (weights, dataset) adds SeqSeg's."""
+def evaluate_big(model, image_path: Path, label_path: Path, work: Path, shape, seqseg: tuple | None,
+                 reuse: dict) -> list[dict]:
+    """The rows of the large sparse volume (``reuse`` as in :func:`evaluate_case`); ``seqseg`` = (weights,
+    dataset, config) adds SeqSeg's."""
     from vessel_seg.imageio import write_image
 
     images, geometry = read_image([image_path])
@@ -134,11 +161,17 @@ def evaluate_big(model, image_path: Path, label_path: Path, work: Path, shape, s
     ref.mkdir(parents=True, exist_ok=True)
     write_image(big[0], big_geometry, folder / "big_0000.nii.gz")
     write_image(big_label, big_geometry, ref / "big.nii.gz")
-    full, full_s = run_full(model, folder / "big_0000.nii.gz", work / "big_full")
-    tracked, track_s, counts = run_tracking(model, big, big_geometry, big_label)
     name = f"big {'x'.join(map(str, shape))}"
-    rows = [_row(name, "full", score(full, big_label, big_geometry.spacing), full_s),
-            _row(name, "tracking", score(tracked, big_label, big_geometry.spacing), track_s, counts)]
+
+    def full_row() -> dict:
+        full, seconds = run_full(model, folder / "big_0000.nii.gz", work / "big_full")
+        return _row(name, "full", score(full, big_label, big_geometry.spacing), seconds)
+
+    def tracking_row() -> dict:
+        tracked, seconds, counts = run_tracking(model, big, big_geometry, big_label)
+        return _row(name, "tracking", score(tracked, big_label, big_geometry.spacing), seconds, counts)
+
+    rows = [reuse.get((name, "full")) or full_row(), reuse.get((name, "tracking")) or tracking_row()]
     if seqseg is not None:
         masks, seconds = run_seqseg_arm(folder, ref, work / "big_seqseg", *seqseg)
         rows.append(_row(name, "seqseg", score(read_label(masks / "big.nii.gz")[0], big_label, big_geometry.spacing), seconds))
@@ -149,6 +182,8 @@ def render(result: dict) -> str:
     keys = ("dice", "cldice", "components", "betti0_error", "centreline_capture", "seconds")
     lines = [f"# Tracking vs full-volume prediction ({result['date']}, {result['host']})", "",
              f"Model `{result['model']}`; synthetic data; no TTA. SeqSeg: {result['seqseg']}", "",
+             *([f"Rows reused from an earlier run of the same model on this machine: {result['reused_rows']}.", ""]
+               if result.get("reused_rows") else []),
              "| case | arm | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
     for row in result["rows"]:
         cells = ["-" if row.get(k) is None else f"{row[k]:.3f}" if isinstance(row[k], float) else str(row[k]) for k in keys]
@@ -179,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder holding DATASET/nnUNetTrainer__nnUNetPlans__3d_fullres (seqseg_train.py prints it)")
     parser.add_argument("--seqseg-dataset", default=None, help="SeqSeg's nnU-Net dataset name, e.g. Dataset900_SYNTHCT")
     parser.add_argument("--seqseg-exe", type=Path, default=None, help="the seqseg executable (its folder goes on PATH)")
+    parser.add_argument("--seqseg-config", default="global",
+                        help="SeqSeg tracing config, name or path without .yaml (seqseg_train.py prints the one it wrote)")
+    parser.add_argument("--reuse-rows", type=Path, default=None,
+                        help="an earlier result JSON of the same model: its full/tracking rows are taken, not rerun")
     parser.add_argument("--big-shape", type=int, nargs=3, default=(400, 512, 512))
     parser.add_argument("--max-cases", type=int, default=4)
     parser.add_argument("--work", type=Path, default=Path(__file__).resolve().parent / "work" / "tracking")
@@ -192,19 +231,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.seqseg_weights is not None:
         if args.seqseg_exe is not None:
             os.environ["PATH"] = f"{args.seqseg_exe.resolve().parent}{os.pathsep}{os.environ['PATH']}"
-        seqseg = (args.seqseg_weights.resolve(), args.seqseg_dataset)
+        seqseg = (args.seqseg_weights.resolve(), args.seqseg_dataset, args.seqseg_config)
         external["seqseg"] = run_seqseg_arm(args.raw / "imagesTs", args.raw / "labelsTs", args.work, *seqseg)
-        status = f"`seqseg` run batch with `{args.seqseg_dataset}` from {args.seqseg_weights}, seeded at each label's root"
+        status = (f"`seqseg` run batch with `{args.seqseg_dataset}` from {args.seqseg_weights}, config "
+                  f"`{Path(args.seqseg_config).name}`, seeded at each label's root")
+    reuse = load_reused_rows(args.reuse_rows, args.model_dir.name)
     rows = []
     for label_path in labels:
         image_path = args.raw / "imagesTs" / label_path.name.replace(".nii.gz", "_0000.nii.gz")
-        rows += evaluate_case(model, image_path, label_path, args.work, external)
+        rows += evaluate_case(model, image_path, label_path, args.work, external, reuse)
         print(json.dumps(rows[-2:]), flush=True)
     first = labels[0]
     rows += evaluate_big(model, args.raw / "imagesTs" / first.name.replace(".nii.gz", "_0000.nii.gz"), first, args.work,
-                         args.big_shape, seqseg)
+                         args.big_shape, seqseg, reuse)
     result = {"date": datetime.date.today().isoformat(), "host": socket.gethostname().split(".")[0],
-              "model": args.model_dir.name, "rows": rows, "seqseg": status}
+              "model": args.model_dir.name, "rows": rows, "seqseg": status,
+              "reused_rows": None if args.reuse_rows is None else f"{args.reuse_rows.name}: {len(reuse)} full/tracking rows"}
     write_results(args.out, result, "tracking", render(result))
     return 0
 

@@ -265,7 +265,11 @@ def test_seqseg_runner_stages_seeds_and_collects(sample_set, tmp_path, bin_dir):
         (start, direction, radius), = entry["seeds"]
         assert len(start) == 3 and len(direction) == 3 and radius > 0
         mask, geometry = segment(data / "images" / (entry["name"] + ".nii.gz"))
-        write_image(mask, geometry, Path(out) / (entry["name"] + "_segmentation_3d_fullres_42_steps.mha"))
+        # like SeqSeg: the final mask on a grid twice as fine (voxel centres shifted by a quarter voxel)
+        fine = mask.repeat(2, 0).repeat(2, 1).repeat(2, 2)
+        origin = tuple(o - s / 4 for o, s in zip(geometry.origin, geometry.spacing[::-1]))
+        fine_geometry = ImageGeometry(fine.shape, tuple(s / 2 for s in geometry.spacing), origin)
+        write_image(fine, fine_geometry, Path(out) / (entry["name"] + "_segmentation_3d_fullres_42_steps.mha"))
         write_image(mask, geometry, Path(out) / (entry["name"] + "_binary_seg_3d_fullres_0.mha"))
     """)  # fmt: skip
     weights = tmp_path / "seqseg_weights"
@@ -273,9 +277,11 @@ def test_seqseg_runner_stages_seeds_and_collects(sample_set, tmp_path, bin_dir):
         run_seqseg(sample_set["images"], sample_set["ref"], tmp_path / "o", weights, "Dataset005_X")
     (weights / "Dataset005_X" / "nnUNetTrainer__nnUNetPlans__3d_fullres").mkdir(parents=True)
     run = run_seqseg(sample_set["images"], sample_set["ref"], tmp_path / "o", weights, "Dataset005_X")
-    assert sorted(p.name for p in run.pred_dir.iterdir()) == [f"{c}.mha" for c in CASES]
+    assert sorted(p.name for p in run.pred_dir.iterdir()) == [f"{c}.nii.gz" for c in CASES]
     assert [s["name"] for s in run.extra["seeds"]] == list(CASES)
-    np.testing.assert_array_equal(read_label(run.pred_dir / "c3.mha")[0], reference(2))
+    mask, geometry = read_label(run.pred_dir / "c3.nii.gz")  # back on the input grid
+    np.testing.assert_array_equal(mask, reference(2))
+    assert geometry.spacing == GEOMETRY.spacing and geometry.origin == GEOMETRY.origin
 
 
 def test_vesselfm_runner_with_a_stand_in_package(sample_set, tmp_path, monkeypatch):

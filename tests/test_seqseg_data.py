@@ -37,6 +37,9 @@ def test_seqseg_layout_with_centrelines_inside_the_vessels(tmp_path):
     marker.write_bytes(b"kept")
     write_seqseg_training_data(raw, out)
     assert marker.read_bytes() == b"kept"
+    # a subset for a CPU budget: the first cases in name order only
+    assert write_seqseg_training_data(raw, tmp_path / "one", max_cases=1) == ["synth_000"]
+    assert [p.name for p in (tmp_path / "one" / "truths").iterdir()] == ["synth_000.nii.gz"]
 
 
 def test_seqseg_layout_refuses_what_seqseg_cannot_take(tmp_path):

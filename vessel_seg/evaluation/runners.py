@@ -9,7 +9,8 @@ Supported tools (each must be installed by the user, with its weights on local d
   -nnunet_type 3d_fullres -train_dataset DatasetNNN_Name -fold all -img_ext .nii.gz -outdir OUT/
   -unit mm -scale S -config_name global`` (the flat form, which both old and new releases accept).
   ``DATA`` holds ``images/CASE.ext`` and ``seeds.json``; the seeds come from the ground truth (see
-  :mod:`vessel_seg.evaluation.seqseg_seeds`). Its mask is ``OUT/CASE_segmentation_*_steps.mha``.
+  :mod:`vessel_seg.evaluation.seqseg_seeds`). Its mask is ``OUT/CASE_segmentation_*_steps.mha``, on a grid of
+  at most 0.3 mm spacing, which the runner resamples onto the input image's grid.
 * **vesselFM** (github.com/bwittmann/vesselFM): ``python -m vesselfm.seg.inference
   [--config-path DIR --config-name NAME] image_path=IN output_folder=OUT ckpt_path=WEIGHTS
   image_file_ending=nii.gz [device=cuda:0]`` (Hydra overrides of its ``inference.yaml``). It writes
@@ -350,8 +351,30 @@ def run_seqseg(
     log = run_dir / "log.txt"
     elapsed = run_tool(command, log, "seqseg")
     pattern = "{case}_segmentation_.*_steps"
-    dest = collect_outputs(raw, sorted(cases), Path(out_root) / "predictions" / name, pattern, "seqseg", log)
+    native = collect_outputs(raw, sorted(cases), run_dir / "masks_native", pattern, "seqseg", log)
+    dest = masks_onto_inputs(native, cases, Path(out_root) / "predictions" / name)
     return RunnerResult(name, dest, elapsed, command, log, {"seeds": seeds})
+
+
+def masks_onto_inputs(mask_dir: Path, inputs: Mapping[str, Path], dest_dir: Path) -> Path:
+    """Resample each case's mask in ``mask_dir`` onto its input image's grid, as ``dest_dir/CASE<input ext>``.
+
+    SeqSeg resamples its final assembly to a spacing of at most ``CENT_MAX_SPACING`` (0.3 mm by default)
+    for smoother meshes, so its mask is not on the input grid that references and metrics use. The mask
+    is interpolated linearly and thresholded at 0.5: a vessel keeps its centre where the grid coarsens.
+    """
+    import SimpleITK as sitk
+
+    masks = image_files(mask_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    for case, input_path in inputs.items():
+        reference = sitk.ReadImage(str(input_path))
+        mask = sitk.Cast(sitk.ReadImage(str(masks[case])) > 0, sitk.sitkFloat32)
+        resampled = sitk.Resample(mask, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        label = sitk.Cast(resampled >= 0.5, sitk.sitkUInt8)
+        target = dest_dir / f"{case}{image_extension(input_path)}"
+        write_atomic(target, lambda tmp, image=label: sitk.WriteImage(image, str(tmp), True))
+    return dest_dir
 
 
 def run_vesselfm(

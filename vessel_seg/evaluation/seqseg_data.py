@@ -25,8 +25,11 @@ from vessel_seg.inference.surface_mesh import write_bytes_atomic
 log = logging.getLogger(__name__)
 
 
-def write_seqseg_training_data(raw_dir: Path, out_dir: Path, split: str = "Tr") -> list[str]:
-    """Write ``raw_dir``'s ``images{split}``/``labels{split}`` cases into SeqSeg's layout under ``out_dir``.
+def write_seqseg_training_data(
+    raw_dir: Path, out_dir: Path, split: str = "Tr", max_cases: int | None = None
+) -> list[str]:
+    """Write ``raw_dir``'s ``images{split}``/``labels{split}`` cases (the first ``max_cases`` in name order, or
+    all) into SeqSeg's layout under ``out_dir``.
 
     Returns the case ids written; cases already complete in ``out_dir`` are kept (a rerun resumes).
     Raises :class:`DatasetError` for a dataset without labelled cases or with several channels.
@@ -35,7 +38,7 @@ def write_seqseg_training_data(raw_dir: Path, out_dir: Path, split: str = "Tr") 
     info = DatasetInfo.load(raw_dir / "dataset.json")
     if info.num_channels != 1:
         raise DatasetError(f"{raw_dir}: SeqSeg takes one image channel, this dataset has {info.num_channels}")
-    labels = sorted((raw_dir / f"labels{split}").glob(f"*{info.file_ending}"))
+    labels = sorted((raw_dir / f"labels{split}").glob(f"*{info.file_ending}"))[:max_cases]
     if not labels:
         raise DatasetError(f"{raw_dir / f'labels{split}'}: no labelled cases to give SeqSeg")
     for sub in ("images", "truths", "centerlines"):
