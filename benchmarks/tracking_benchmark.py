@@ -137,12 +137,13 @@ def load_reused_rows(path: Path | None, model_name: str) -> dict:
 
 
 def run_seqseg_arm(images_dir: Path, labels_dir: Path, work: Path, weights: Path, dataset: str,
-                   config: str) -> tuple[Path, float]:
-    """SeqSeg (``seqseg`` on PATH) on every image of ``images_dir``, seeded at each label's root, tracing with
-    ``config`` (a SeqSeg config name or path without ``.yaml``); masks and seconds per case."""
+                   config: str, inset: float) -> tuple[Path, float]:
+    """SeqSeg (``seqseg`` on PATH) on every image of ``images_dir``, seeded ``inset`` root radii inside each
+    label's root, tracing with ``config`` (a SeqSeg config name or path without ``.yaml``); masks and s/case."""
     from vessel_seg.evaluation.runners import run_seqseg
 
-    result = run_seqseg(images_dir, labels_dir, work / "seqseg", weights, dataset, config_name=config)
+    result = run_seqseg(images_dir, labels_dir, work / "seqseg", weights, dataset, config_name=config,
+                        seed_inset_radii=inset)
     count = len(list(Path(result.pred_dir).glob("*.nii.gz")))
     return Path(result.pred_dir), result.runtime_s / max(count, 1)
 
@@ -216,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seqseg-exe", type=Path, default=None, help="the seqseg executable (its folder goes on PATH)")
     parser.add_argument("--seqseg-config", default="global",
                         help="SeqSeg tracing config, name or path without .yaml (seqseg_train.py prints the one it wrote)")
+    parser.add_argument("--seqseg-seed-inset", type=float, default=0.0,
+                        help="SeqSeg's seed this many root radii into the tree (it stops when its first crop meets the border)")
     parser.add_argument("--reuse-rows", type=Path, default=None,
                         help="an earlier result JSON of the same model: its full/tracking rows are taken, not rerun")
     parser.add_argument("--big-shape", type=int, nargs=3, default=(400, 512, 512))
@@ -231,10 +234,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.seqseg_weights is not None:
         if args.seqseg_exe is not None:
             os.environ["PATH"] = f"{args.seqseg_exe.resolve().parent}{os.pathsep}{os.environ['PATH']}"
-        seqseg = (args.seqseg_weights.resolve(), args.seqseg_dataset, args.seqseg_config)
+        seqseg = (args.seqseg_weights.resolve(), args.seqseg_dataset, args.seqseg_config, args.seqseg_seed_inset)
         external["seqseg"] = run_seqseg_arm(args.raw / "imagesTs", args.raw / "labelsTs", args.work, *seqseg)
         status = (f"`seqseg` run batch with `{args.seqseg_dataset}` from {args.seqseg_weights}, config "
-                  f"`{Path(args.seqseg_config).name}`, seeded at each label's root")
+                  f"`{Path(args.seqseg_config).name}`, seeded {args.seqseg_seed_inset:g} root radii inside each label's root")
     reuse = load_reused_rows(args.reuse_rows, args.model_dir.name)
     rows = []
     for label_path in labels:

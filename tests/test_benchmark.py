@@ -170,6 +170,10 @@ def test_seqseg_seed_is_the_thick_root_pointing_into_the_tree():
     assert direction[2] > start[2]  # walking up the tube
     assert 1.0 <= seed.radius <= 2.5  # the 5x5 section at 0.5 mm has a radius of ~1.25 mm
     assert np.linalg.norm(start[:2] - physical((0, 7, 6))[:2]) < 1.0  # on the trunk's axis
+    inset = seed_from_label(label, GEOMETRY, inset_radii=3.0)  # moved into the tree along the trunk
+    moved = inset.start[2] - seed.start[2]
+    assert 2.0 * seed.radius <= moved <= 3.0 * seed.radius + 1.0 and inset.direction[2] > inset.start[2]
+    assert np.linalg.norm(np.array(inset.start[:2]) - start[:2]) < 1.0
     with pytest.raises(VesselSegError, match="empty"):
         seed_from_label(np.zeros(GEOMETRY.shape, np.uint8), GEOMETRY, "x.nii.gz")
 

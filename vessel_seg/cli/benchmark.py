@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     seqseg.add_argument("--seqseg-fold", default="all")
     seqseg.add_argument("--seqseg-config", default="global", help="SeqSeg config name")
     seqseg.add_argument("--seqseg-scale", type=float, default=1.0, help="0.1 for models trained in cm")
+    seqseg.add_argument("--seqseg-seed-inset", type=float, default=0.0,
+                        help="seed this many root radii along the reference centreline into the tree (0: the root); "
+                        "SeqSeg stops at once when its first crop meets the image border")
 
     vesselfm = parser.add_argument_group("vesselFM (zero-shot)")
     vesselfm.add_argument("--run-vesselfm", action="store_true")
@@ -119,6 +122,7 @@ def _run_external(args: argparse.Namespace) -> list[RunnerResult]:
                 fold=args.seqseg_fold,
                 config_name=args.seqseg_config,
                 scale=args.seqseg_scale,
+                seed_inset_radii=args.seqseg_seed_inset,
             )
         )
     if args.run_vesselfm:

@@ -313,8 +313,10 @@ def run_seqseg(
     config_name: str = "global",
     scale: float = 1.0,
     name: str = "seqseg",
+    seed_inset_radii: float = 0.0,
 ) -> RunnerResult:
-    """Trace every test image with SeqSeg from a seed derived from its reference label."""
+    """Trace every test image with SeqSeg from a seed derived from its reference label (``seed_inset_radii``:
+    see :func:`~vessel_seg.evaluation.seqseg_seeds.seed_from_label`)."""
     cases = find_test_images(images_dir)
     executable = _require_executable("seqseg", SEQSEG_INSTALL)
     model = Path(weights_dir or "") / train_dataset / f"nnUNetTrainer__nnUNetPlans__{nnunet_type}"
@@ -333,7 +335,8 @@ def run_seqseg(
     seeds = []
     for case in sorted(cases):
         label, geometry = read_label(refs[case])
-        seeds.append({"name": case, "seeds": [seed_from_label(label, geometry, str(refs[case])).to_json()]})
+        seed = seed_from_label(label, geometry, str(refs[case]), inset_radii=seed_inset_radii)
+        seeds.append({"name": case, "seeds": [seed.to_json()]})
     write_json_atomic(data_dir / "seeds.json", seeds)
     fresh_dir(raw)
     command = seqseg_command(

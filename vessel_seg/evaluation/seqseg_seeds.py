@@ -15,6 +15,11 @@ reference label instead:
    for about two radii (shortest path in mm), so the first step points into the tree;
 5. the radius estimate is the root's radius in mm.
 
+``inset_radii`` moves the seed that many root radii along the skeleton into the tree (the direction point
+stays two radii further on). SeqSeg stops at its first step when that step's segmentation touches the
+image border, so a root on the border (a vessel entering the field of view, as in our synthetic trees)
+needs a seed whose first crop (``VOLUME_SIZE_RATIO`` radii wide) lies inside the image.
+
 This gives SeqSeg the true inlet position and calibre, information the other methods do not get;
 report it with the results. The seed costs one skeletonisation per case and is not counted in
 SeqSeg's runtime.
@@ -73,7 +78,9 @@ def _walk_along(skel: np.ndarray, start: tuple[int, ...], spacing: np.ndarray, l
     return best
 
 
-def seed_from_label(label: np.ndarray, geometry: ImageGeometry, source: str = "reference") -> SeqSegSeed:
+def seed_from_label(
+    label: np.ndarray, geometry: ImageGeometry, source: str = "reference", inset_radii: float = 0.0
+) -> SeqSegSeed:
     """Derive a SeqSeg seed from a reference label map (see the module docstring).
 
     Parameters
@@ -84,6 +91,8 @@ def seed_from_label(label: np.ndarray, geometry: ImageGeometry, source: str = "r
         Its geometry, to convert voxel indices to physical coordinates.
     source : str
         Name used in error messages (the reference file).
+    inset_radii : float
+        Distance of the seed from the root along the skeleton, in root radii (0: the root itself).
 
     Returns
     -------
@@ -109,15 +118,16 @@ def seed_from_label(label: np.ndarray, geometry: ImageGeometry, source: str = "r
         candidates = np.argwhere(skel)
     root = tuple(int(v) for v in candidates[np.argmax(radius[tuple(candidates.T)])])
     root_radius = float(radius[root])
-    target = _walk_along(skel, root, spacing, 2.0 * root_radius)
-    if target == root:  # a one-voxel skeleton: aim at the component's centre of mass instead
+    start = _walk_along(skel, root, spacing, inset_radii * root_radius) if inset_radii > 0 else root
+    target = _walk_along(skel, root, spacing, (inset_radii + 2.0) * root_radius)
+    if target == start:  # a skeleton too short: aim at the component's centre of mass instead
         target = tuple(int(round(v)) for v in ndimage.center_of_mass(mask))
     offset = np.array([s.start for s in box])
-    points = geometry.index_to_physical(np.array([np.add(root, offset), np.add(target, offset)]))
+    points = geometry.index_to_physical(np.array([np.add(start, offset), np.add(target, offset)]))
     if np.allclose(points[0], points[1]):
         points[1] = points[0] + geometry.index_to_physical(np.array([[1, 0, 0]]))[0] - geometry.origin
     return SeqSegSeed(
         start=tuple(float(v) for v in points[0]),
         direction=tuple(float(v) for v in points[1]),
-        radius=root_radius,
+        radius=float(radius[start]),
     )
