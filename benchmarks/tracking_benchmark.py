@@ -137,13 +137,14 @@ def load_reused_rows(path: Path | None, model_name: str) -> dict:
 
 
 def run_seqseg_arm(images_dir: Path, labels_dir: Path, work: Path, weights: Path, dataset: str,
-                   config: str, inset: float) -> tuple[Path, float]:
+                   config: str, inset: float, resample: list[float] | None) -> tuple[Path, float]:
     """SeqSeg (``seqseg`` on PATH) on every image of ``images_dir``, seeded ``inset`` root radii inside each
-    label's root, tracing with ``config`` (a SeqSeg config name or path without ``.yaml``); masks and s/case."""
+    label's root, tracing with ``config`` (a SeqSeg config name or path without ``.yaml``) on images resampled
+    to ``resample`` mm (None: as they are); masks and seconds per case."""
     from vessel_seg.evaluation.runners import run_seqseg
 
     result = run_seqseg(images_dir, labels_dir, work / "seqseg", weights, dataset, config_name=config,
-                        seed_inset_radii=inset)
+                        seed_inset_radii=inset, resample_spacing=resample)
     count = len(list(Path(result.pred_dir).glob("*.nii.gz")))
     return Path(result.pred_dir), result.runtime_s / max(count, 1)
 
@@ -219,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="SeqSeg tracing config, name or path without .yaml (seqseg_train.py prints the one it wrote)")
     parser.add_argument("--seqseg-seed-inset", type=float, default=0.0,
                         help="SeqSeg's seed this many root radii into the tree (it stops when its first crop meets the border)")
+    parser.add_argument("--seqseg-resample-spacing", type=float, nargs="+", default=None, metavar="MM",
+                        help="SeqSeg resamples each image to this spacing before tracing (its -resample_spacing)")
     parser.add_argument("--reuse-rows", type=Path, default=None,
                         help="an earlier result JSON of the same model: its full/tracking rows are taken, not rerun")
     parser.add_argument("--big-shape", type=int, nargs=3, default=(400, 512, 512))
@@ -234,10 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.seqseg_weights is not None:
         if args.seqseg_exe is not None:
             os.environ["PATH"] = f"{args.seqseg_exe.resolve().parent}{os.pathsep}{os.environ['PATH']}"
-        seqseg = (args.seqseg_weights.resolve(), args.seqseg_dataset, args.seqseg_config, args.seqseg_seed_inset)
+        seqseg = (args.seqseg_weights.resolve(), args.seqseg_dataset, args.seqseg_config, args.seqseg_seed_inset,
+                  args.seqseg_resample_spacing)
         external["seqseg"] = run_seqseg_arm(args.raw / "imagesTs", args.raw / "labelsTs", args.work, *seqseg)
         status = (f"`seqseg` run batch with `{args.seqseg_dataset}` from {args.seqseg_weights}, config "
-                  f"`{Path(args.seqseg_config).name}`, seeded {args.seqseg_seed_inset:g} root radii inside each label's root")
+                  f"`{Path(args.seqseg_config).name}`, seeded {args.seqseg_seed_inset:g} root radii inside each label's root, images resampled to "
+                  f"{args.seqseg_resample_spacing or 'their own'} mm spacing")
     reuse = load_reused_rows(args.reuse_rows, args.model_dir.name)
     rows = []
     for label_path in labels:

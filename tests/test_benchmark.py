@@ -142,6 +142,9 @@ def test_command_lines_match_the_tools_interfaces(tmp_path):
     assert full[-9:] == ["-f", "all", "-tr", "T", "-p", "P", "-chk", "c.pth", "--disable_tta"]
     seq = seqseg_command(tmp_path / "d", tmp_path / "o", tmp_path / "w", "Dataset005_X", ".nii.gz", scale=0.1)
     assert seq[:3] == ["seqseg", "-data_dir", str(tmp_path / "d")]
+    assert "-resample_spacing" not in seq
+    finer = seqseg_command(tmp_path / "d", tmp_path / "o", tmp_path / "w", "D", ".nii.gz", resample_spacing=(0.25,))
+    assert finer[-2:] == ["-resample_spacing", "0.25"]
     assert seq[seq.index("-outdir") + 1] == str(tmp_path / "o") + os.sep
     assert seq[seq.index("-unit") + 1] == "mm" and seq[seq.index("-scale") + 1] == "0.1"
     assert seq[seq.index("-train_dataset") + 1] == "Dataset005_X" and seq[seq.index("-fold") + 1] == "all"

@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     seqseg.add_argument("--seqseg-seed-inset", type=float, default=0.0,
                         help="seed this many root radii along the reference centreline into the tree (0: the root); "
                         "SeqSeg stops at once when its first crop meets the image border")
+    seqseg.add_argument("--seqseg-resample-spacing", type=float, nargs="+", default=None, metavar="MM",
+                        help="SeqSeg resamples each image to this spacing first (one value or x y z), e.g. for vessels "
+                        "only 1-2 voxels in radius")
 
     vesselfm = parser.add_argument_group("vesselFM (zero-shot)")
     vesselfm.add_argument("--run-vesselfm", action="store_true")
@@ -123,6 +126,7 @@ def _run_external(args: argparse.Namespace) -> list[RunnerResult]:
                 config_name=args.seqseg_config,
                 scale=args.seqseg_scale,
                 seed_inset_radii=args.seqseg_seed_inset,
+                resample_spacing=args.seqseg_resample_spacing,
             )
         )
     if args.run_vesselfm:

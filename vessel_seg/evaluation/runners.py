@@ -98,14 +98,17 @@ def seqseg_command(
     config_name: str = "global",
     scale: float = 1.0,
     executable: str = "seqseg",
+    resample_spacing: Sequence[float] | None = None,
 ) -> list[str]:
-    """``seqseg`` command line; ``out_dir`` gets a trailing separator because SeqSeg concatenates paths."""
+    """``seqseg`` command line; ``out_dir`` gets a trailing separator because SeqSeg concatenates paths.
+    ``resample_spacing`` (mm, one isotropic value or x y z) makes SeqSeg resample each image before tracing."""
     return [
         executable,
         *("-data_dir", str(data_dir), "-nnunet_results_path", str(weights_dir)),
         *("-nnunet_type", nnunet_type, "-train_dataset", train_dataset, "-fold", str(fold)),
         *("-img_ext", img_ext, "-outdir", str(out_dir).rstrip(os.sep) + os.sep),
         *("-unit", "mm", "-scale", f"{scale:g}", "-config_name", config_name),
+        *(("-resample_spacing", *(f"{value:g}" for value in resample_spacing)) if resample_spacing else ()),
     ]
 
 
@@ -314,9 +317,11 @@ def run_seqseg(
     scale: float = 1.0,
     name: str = "seqseg",
     seed_inset_radii: float = 0.0,
+    resample_spacing: Sequence[float] | None = None,
 ) -> RunnerResult:
     """Trace every test image with SeqSeg from a seed derived from its reference label (``seed_inset_radii``:
-    see :func:`~vessel_seg.evaluation.seqseg_seeds.seed_from_label`)."""
+    see :func:`~vessel_seg.evaluation.seqseg_seeds.seed_from_label`; ``resample_spacing``: see
+    :func:`seqseg_command`)."""
     cases = find_test_images(images_dir)
     executable = _require_executable("seqseg", SEQSEG_INSTALL)
     model = Path(weights_dir or "") / train_dataset / f"nnUNetTrainer__nnUNetPlans__{nnunet_type}"
@@ -350,6 +355,7 @@ def run_seqseg(
         config_name,
         scale,
         executable,
+        resample_spacing,
     )
     log = run_dir / "log.txt"
     elapsed = run_tool(command, log, "seqseg")
