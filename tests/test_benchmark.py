@@ -23,6 +23,7 @@ from vessel_seg.evaluation.runners import (
     run_seqseg,
     run_vesselfm,
     seqseg_command,
+    seqseg_config_name,
     vesselfm_command,
 )
 from vessel_seg.evaluation.seqseg_seeds import seed_from_label
@@ -143,6 +144,11 @@ def test_command_lines_match_the_tools_interfaces(tmp_path):
     seq = seqseg_command(tmp_path / "d", tmp_path / "o", tmp_path / "w", "Dataset005_X", ".nii.gz", scale=0.1)
     assert seq[:3] == ["seqseg", "-data_dir", str(tmp_path / "d")]
     assert "-resample_spacing" not in seq
+    assert seqseg_config_name("global") == "global"
+    (tmp_path / "mine.yaml").write_text("VOLUME_SIZE_RATIO: 5\n")
+    assert seqseg_config_name(str(tmp_path / "mine.yaml")) == seqseg_config_name(str(tmp_path / "mine")) == str(tmp_path / "mine")
+    with pytest.raises(VesselSegError, match="SeqSeg config not found"):
+        seqseg_config_name(str(tmp_path / "other"))
     finer = seqseg_command(tmp_path / "d", tmp_path / "o", tmp_path / "w", "D", ".nii.gz", resample_spacing=(0.25,))
     assert finer[-2:] == ["-resample_spacing", "0.25"]
     assert seq[seq.index("-outdir") + 1] == str(tmp_path / "o") + os.sep

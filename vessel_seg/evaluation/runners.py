@@ -334,6 +334,7 @@ def run_seqseg(
     missing = [case for case in cases if case not in refs]
     if missing:
         raise VesselSegError(f"{ref_dir}: no reference for {', '.join(missing[:5])}; SeqSeg seeds come from it")
+    config_name = seqseg_config_name(config_name)
     run_dir = Path(out_root) / "runs" / name
     data_dir, raw = run_dir / "data", run_dir / "raw"
     ext = _stage(cases, data_dir / "images")
@@ -363,6 +364,19 @@ def run_seqseg(
     native = collect_outputs(raw, sorted(cases), run_dir / "masks_native", pattern, "seqseg", log)
     dest = masks_onto_inputs(native, cases, Path(out_root) / "predictions" / name)
     return RunnerResult(name, dest, elapsed, command, log, {"seeds": seeds})
+
+
+def seqseg_config_name(config_name: str) -> str:
+    """A SeqSeg config name as given, or a path to ``NAME.yaml`` (without the extension) made absolute: SeqSeg
+    looks names up in its package folder, where only an absolute path escapes it."""
+    if os.sep not in config_name and not config_name.startswith("."):
+        return config_name
+    path = Path(config_name).expanduser().resolve()
+    if path.suffix in (".yaml", ".yml"):
+        path = path.with_suffix("")
+    if not path.with_suffix(".yaml").is_file():
+        raise VesselSegError(f"{path}.yaml: SeqSeg config not found; pass a SeqSeg config name or the YAML's path")
+    return str(path)
 
 
 def masks_onto_inputs(mask_dir: Path, inputs: Mapping[str, Path], dest_dir: Path) -> Path:
