@@ -141,7 +141,7 @@ def run_seqseg_arm(images_dir: Path, labels_dir: Path, work: Path, weights: Path
     """SeqSeg (``seqseg`` on PATH) on every image of ``images_dir``, seeded ``inset`` root radii inside each
     label's root, tracing with ``config`` (a SeqSeg config name or path without ``.yaml``) on images resampled
     to ``resample`` mm (None: as they are); masks and seconds per case."""
-    from vessel_seg.evaluation.runners import run_seqseg
+    from vessel_seg.evaluation.seqseg_runner import run_seqseg
 
     result = run_seqseg(images_dir, labels_dir, work / "seqseg", weights, dataset, config_name=config,
                         seed_inset_radii=inset, resample_spacing=resample)

@@ -20,12 +20,10 @@ from vessel_seg.evaluation.runners import (
     match_outputs,
     nnunet_predict_command,
     run_nnunet,
-    run_seqseg,
     run_vesselfm,
-    seqseg_command,
-    seqseg_config_name,
     vesselfm_command,
 )
+from vessel_seg.evaluation.seqseg_runner import run_seqseg, seqseg_command, seqseg_config_name
 from vessel_seg.evaluation.seqseg_seeds import seed_from_label
 from vessel_seg.imageio import ImageGeometry, read_label, write_image
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from vessel_seg.cli import run_cli
 from vessel_seg.errors import VesselSegError
 from vessel_seg.evaluation.benchmark import benchmark_methods
-from vessel_seg.evaluation.runners import RunnerResult, run_nnunet, run_seqseg, run_vesselfm
+from vessel_seg.evaluation.runners import RunnerResult, run_nnunet, run_vesselfm
+from vessel_seg.evaluation.seqseg_runner import run_seqseg
 
 
 def _assignment(text: str) -> tuple[str, str]:

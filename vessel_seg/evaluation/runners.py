@@ -5,12 +5,7 @@ Supported tools (each must be installed by the user, with its weights on local d
 * **nnU-Net v2**: ``nnUNetv2_predict -i IMAGES -o OUT -d DATASET -c CONFIG -f FOLDS... [-tr TRAINER]
   [-p PLANS] [-chk CHECKPOINT] [-device DEVICE] [--disable_tta]``, with ``nnUNet_results`` pointing
   at the trained models. Reads the nnU-Net layout (``CASE_0000.nii.gz``) and writes ``CASE.nii.gz``.
-* **SeqSeg** (github.com/numisveinsson/SeqSeg): ``seqseg -data_dir DATA -nnunet_results_path WEIGHTS
-  -nnunet_type 3d_fullres -train_dataset DatasetNNN_Name -fold all -img_ext .nii.gz -outdir OUT/
-  -unit mm -scale S -config_name global`` (the flat form, which both old and new releases accept).
-  ``DATA`` holds ``images/CASE.ext`` and ``seeds.json``; the seeds come from the ground truth (see
-  :mod:`vessel_seg.evaluation.seqseg_seeds`). Its mask is ``OUT/CASE_segmentation_*_steps.mha``, on a grid of
-  at most 0.3 mm spacing, which the runner resamples onto the input image's grid.
+* **SeqSeg**: see :mod:`vessel_seg.evaluation.seqseg_runner` (built on the helpers here).
 * **vesselFM** (github.com/bwittmann/vesselFM): ``python -m vesselfm.seg.inference
   [--config-path DIR --config-name NAME] image_path=IN output_folder=OUT ckpt_path=WEIGHTS
   image_file_ending=nii.gz [device=cuda:0]`` (Hydra overrides of its ``inference.yaml``). It writes
@@ -36,14 +31,11 @@ from pathlib import Path
 
 from vessel_seg.atomic import write_atomic
 from vessel_seg.errors import VesselSegError
-from vessel_seg.evaluation.seqseg_seeds import seed_from_label
-from vessel_seg.imageio import image_extension, image_files, read_label, strip_extension
-from vessel_seg.serialization import write_json_atomic
+from vessel_seg.imageio import image_extension, image_files, strip_extension
 
 logger = logging.getLogger(__name__)
 
 NNUNET_INSTALL = "install nnU-Net v2 (pip install nnunetv2)"
-SEQSEG_INSTALL = "install SeqSeg (pip install seqseg, or pip install -e a clone of github.com/numisveinsson/SeqSeg)"
 VESSELFM_INSTALL = "install vesselFM (git clone https://github.com/bwittmann/vesselFM && pip install -e vesselFM)"
 VESSELFM_WEIGHTS = (
     "download vesselFM_base.pt from https://huggingface.co/bwittmann/vesselFM and pass --vesselfm-weights"
@@ -85,31 +77,6 @@ def nnunet_predict_command(
         if value:
             command += [flag, value]
     return command + (["--disable_tta"] if disable_tta else [])
-
-
-def seqseg_command(
-    data_dir: Path,
-    out_dir: Path,
-    weights_dir: Path,
-    train_dataset: str,
-    img_ext: str,
-    nnunet_type: str = "3d_fullres",
-    fold: str = "all",
-    config_name: str = "global",
-    scale: float = 1.0,
-    executable: str = "seqseg",
-    resample_spacing: Sequence[float] | None = None,
-) -> list[str]:
-    """``seqseg`` command line; ``out_dir`` gets a trailing separator because SeqSeg concatenates paths.
-    ``resample_spacing`` (mm, one isotropic value or x y z) makes SeqSeg resample each image before tracing."""
-    return [
-        executable,
-        *("-data_dir", str(data_dir), "-nnunet_results_path", str(weights_dir)),
-        *("-nnunet_type", nnunet_type, "-train_dataset", train_dataset, "-fold", str(fold)),
-        *("-img_ext", img_ext, "-outdir", str(out_dir).rstrip(os.sep) + os.sep),
-        *("-unit", "mm", "-scale", f"{scale:g}", "-config_name", config_name),
-        *(("-resample_spacing", *(f"{value:g}" for value in resample_spacing)) if resample_spacing else ()),
-    ]
 
 
 def _hydra_value(value: str) -> str:
@@ -169,7 +136,7 @@ def fresh_dir(folder: Path) -> Path:
     return folder
 
 
-def _stage(cases: Mapping[str, Path], folder: Path) -> str:
+def stage_channel0(cases: Mapping[str, Path], folder: Path) -> str:
     """Link (or copy) each case's channel-0 image to ``folder/CASE.ext``; return the common extension."""
     extensions = {image_extension(path) for path in cases.values()}
     if len(extensions) != 1:
@@ -243,7 +210,7 @@ def run_tool(command: Sequence[str], log_path: Path, tool: str, env: Mapping[str
     return elapsed
 
 
-def _require_executable(name: str, install: str) -> str:
+def require_executable(name: str, install: str) -> str:
     path = shutil.which(name)
     if path is None:
         raise VesselSegError(f"{name} not found on PATH; {install}")
@@ -269,7 +236,7 @@ def run_nnunet(
 ) -> RunnerResult:
     """Predict the test images with a trained nnU-Net v2 model (``nnUNetv2_predict``)."""
     cases = sorted(find_test_images(images_dir))
-    executable = _require_executable("nnUNetv2_predict", NNUNET_INSTALL)
+    executable = require_executable("nnUNetv2_predict", NNUNET_INSTALL)
     env = dict(os.environ)
     if results_dir is not None:
         env["nnUNet_results"] = str(Path(results_dir).resolve())
@@ -305,101 +272,6 @@ def run_nnunet(
     return RunnerResult(name, dest, elapsed, command, log)
 
 
-def run_seqseg(
-    images_dir: str | Path,
-    ref_dir: str | Path,
-    out_root: str | Path,
-    weights_dir: str | Path | None,
-    train_dataset: str,
-    nnunet_type: str = "3d_fullres",
-    fold: str = "all",
-    config_name: str = "global",
-    scale: float = 1.0,
-    name: str = "seqseg",
-    seed_inset_radii: float = 0.0,
-    resample_spacing: Sequence[float] | None = None,
-) -> RunnerResult:
-    """Trace every test image with SeqSeg from a seed derived from its reference label (``seed_inset_radii``:
-    see :func:`~vessel_seg.evaluation.seqseg_seeds.seed_from_label`; ``resample_spacing``: see
-    :func:`seqseg_command`)."""
-    cases = find_test_images(images_dir)
-    executable = _require_executable("seqseg", SEQSEG_INSTALL)
-    model = Path(weights_dir or "") / train_dataset / f"nnUNetTrainer__nnUNetPlans__{nnunet_type}"
-    if weights_dir is None or not model.is_dir():
-        raise VesselSegError(
-            f"{model}: SeqSeg weights not found; download the SeqSeg nnU-Net model {train_dataset} and unpack it "
-            f"so that this folder exists, then pass its parent with --seqseg-weights"
-        )
-    refs = image_files(ref_dir)
-    missing = [case for case in cases if case not in refs]
-    if missing:
-        raise VesselSegError(f"{ref_dir}: no reference for {', '.join(missing[:5])}; SeqSeg seeds come from it")
-    config_name = seqseg_config_name(config_name)
-    run_dir = Path(out_root) / "runs" / name
-    data_dir, raw = run_dir / "data", run_dir / "raw"
-    ext = _stage(cases, data_dir / "images")
-    seeds = []
-    for case in sorted(cases):
-        label, geometry = read_label(refs[case])
-        seed = seed_from_label(label, geometry, str(refs[case]), inset_radii=seed_inset_radii)
-        seeds.append({"name": case, "seeds": [seed.to_json()]})
-    write_json_atomic(data_dir / "seeds.json", seeds)
-    fresh_dir(raw)
-    command = seqseg_command(
-        data_dir.resolve(),
-        raw.resolve(),
-        Path(weights_dir).resolve(),
-        train_dataset,
-        ext,
-        nnunet_type,
-        fold,
-        config_name,
-        scale,
-        executable,
-        resample_spacing,
-    )
-    log = run_dir / "log.txt"
-    elapsed = run_tool(command, log, "seqseg")
-    pattern = "{case}_segmentation_.*_steps"
-    native = collect_outputs(raw, sorted(cases), run_dir / "masks_native", pattern, "seqseg", log)
-    dest = masks_onto_inputs(native, cases, Path(out_root) / "predictions" / name)
-    return RunnerResult(name, dest, elapsed, command, log, {"seeds": seeds})
-
-
-def seqseg_config_name(config_name: str) -> str:
-    """A SeqSeg config name as given, or a path to ``NAME.yaml`` (without the extension) made absolute: SeqSeg
-    looks names up in its package folder, where only an absolute path escapes it."""
-    if os.sep not in config_name and not config_name.startswith("."):
-        return config_name
-    path = Path(config_name).expanduser().resolve()
-    if path.suffix in (".yaml", ".yml"):
-        path = path.with_suffix("")
-    if not path.with_suffix(".yaml").is_file():
-        raise VesselSegError(f"{path}.yaml: SeqSeg config not found; pass a SeqSeg config name or the YAML's path")
-    return str(path)
-
-
-def masks_onto_inputs(mask_dir: Path, inputs: Mapping[str, Path], dest_dir: Path) -> Path:
-    """Resample each case's mask in ``mask_dir`` onto its input image's grid, as ``dest_dir/CASE<input ext>``.
-
-    SeqSeg resamples its final assembly to a spacing of at most ``CENT_MAX_SPACING`` (0.3 mm by default)
-    for smoother meshes, so its mask is not on the input grid that references and metrics use. The mask
-    is interpolated linearly and thresholded at 0.5: a vessel keeps its centre where the grid coarsens.
-    """
-    import SimpleITK as sitk
-
-    masks = image_files(mask_dir)
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    for case, input_path in inputs.items():
-        reference = sitk.ReadImage(str(input_path))
-        mask = sitk.Cast(sitk.ReadImage(str(masks[case])) > 0, sitk.sitkFloat32)
-        resampled = sitk.Resample(mask, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-        label = sitk.Cast(resampled >= 0.5, sitk.sitkUInt8)
-        target = dest_dir / f"{case}{image_extension(input_path)}"
-        write_atomic(target, lambda tmp, image=label: sitk.WriteImage(image, str(tmp), True))
-    return dest_dir
-
-
 def run_vesselfm(
     images_dir: str | Path,
     out_root: str | Path,
@@ -425,7 +297,7 @@ def run_vesselfm(
         raise VesselSegError(f"{config}: vesselFM config not found; pass a copy of vesselfm/seg/configs/inference.yaml")
     run_dir = Path(out_root) / "runs" / name
     staged, raw = run_dir / "input", run_dir / "raw"
-    ext = _stage(cases, staged)
+    ext = stage_channel0(cases, staged)
     fresh_dir(raw)
     command = vesselfm_command(
         staged.resolve(), raw.resolve(), Path(weights).resolve(), ext, Path(config) if config else None, device, python
