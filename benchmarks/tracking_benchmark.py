@@ -141,10 +141,10 @@ def run_seqseg_arm(images_dir: Path, labels_dir: Path, work: Path, weights: Path
     """SeqSeg (``seqseg`` on PATH) on every image of ``images_dir``, seeded ``inset`` root radii inside each
     label's root, tracing with ``config`` (a SeqSeg config name or path without ``.yaml``) on images resampled
     to ``resample`` mm (None: as they are); masks and seconds per case."""
-    from vessel_seg.evaluation.seqseg_runner import run_seqseg
+    from vessel_seg.evaluation.seqseg_runner import SeqSegSettings, run_seqseg
 
-    result = run_seqseg(images_dir, labels_dir, work / "seqseg", weights, dataset, config_name=config,
-                        seed_inset_radii=inset, resample_spacing=resample)
+    settings = SeqSegSettings(config_name=config, seed_inset_radii=inset, resample_spacing=tuple(resample or ()) or None)
+    result = run_seqseg(images_dir, labels_dir, work / "seqseg", weights, dataset, settings)
     count = len(list(Path(result.pred_dir).glob("*.nii.gz")))
     return Path(result.pred_dir), result.runtime_s / max(count, 1)
 

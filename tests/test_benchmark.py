@@ -23,7 +23,7 @@ from vessel_seg.evaluation.runners import (
     run_vesselfm,
     vesselfm_command,
 )
-from vessel_seg.evaluation.seqseg_runner import run_seqseg, seqseg_command, seqseg_config_name
+from vessel_seg.evaluation.seqseg_runner import SeqSegSettings, run_seqseg, seqseg_command, seqseg_config_name
 from vessel_seg.evaluation.seqseg_seeds import seed_from_label
 from vessel_seg.imageio import ImageGeometry, read_label, write_image
 
@@ -139,7 +139,7 @@ def test_command_lines_match_the_tools_interfaces(tmp_path):
         tmp_path, tmp_path, "12", folds=["all"], trainer="T", plans="P", checkpoint="c.pth", disable_tta=True
     )
     assert full[-9:] == ["-f", "all", "-tr", "T", "-p", "P", "-chk", "c.pth", "--disable_tta"]
-    seq = seqseg_command(tmp_path / "d", tmp_path / "o", tmp_path / "w", "Dataset005_X", ".nii.gz", scale=0.1)
+    seq = seqseg_command(tmp_path / "d", tmp_path / "o", tmp_path / "w", "Dataset005_X", ".nii.gz", SeqSegSettings(scale=0.1))
     assert seq[:3] == ["seqseg", "-data_dir", str(tmp_path / "d")]
     assert "-resample_spacing" not in seq
     assert seqseg_config_name("global") == "global"
@@ -147,7 +147,7 @@ def test_command_lines_match_the_tools_interfaces(tmp_path):
     assert seqseg_config_name(str(tmp_path / "mine.yaml")) == seqseg_config_name(str(tmp_path / "mine")) == str(tmp_path / "mine")
     with pytest.raises(VesselSegError, match="SeqSeg config not found"):
         seqseg_config_name(str(tmp_path / "other"))
-    finer = seqseg_command(tmp_path / "d", tmp_path / "o", tmp_path / "w", "D", ".nii.gz", resample_spacing=(0.25,))
+    finer = seqseg_command(tmp_path / "d", tmp_path / "o", tmp_path / "w", "D", ".nii.gz", SeqSegSettings(resample_spacing=(0.25,)))
     assert finer[-2:] == ["-resample_spacing", "0.25"]
     assert seq[seq.index("-outdir") + 1] == str(tmp_path / "o") + os.sep
     assert seq[seq.index("-unit") + 1] == "mm" and seq[seq.index("-scale") + 1] == "0.1"
@@ -269,6 +269,7 @@ def test_missing_tools_and_weights_say_what_to_do(sample_set, tmp_path, monkeypa
 def test_seqseg_runner_stages_seeds_and_collects(sample_set, tmp_path, bin_dir):
     write_tool(bin_dir, "seqseg", STANDIN_IO + """
     data, out = Path(arg("-data_dir")), arg("-outdir")
+    (data / "argv.json").write_text(json.dumps(sys.argv[1:]))
     assert out.endswith("/") and arg("-unit") == "mm" and arg("-img_ext") == ".nii.gz"
     weights = Path(arg("-nnunet_results_path")) / arg("-train_dataset") / "nnUNetTrainer__nnUNetPlans__3d_fullres"
     assert weights.is_dir()
@@ -293,6 +294,18 @@ def test_seqseg_runner_stages_seeds_and_collects(sample_set, tmp_path, bin_dir):
     mask, geometry = read_label(run.pred_dir / "c3.nii.gz")  # back on the input grid
     np.testing.assert_array_equal(mask, reference(2))
     assert geometry.spacing == GEOMETRY.spacing and geometry.origin == GEOMETRY.origin
+    # through vs_benchmark: the tracing options reach SeqSeg and its masks are scored beside ours
+    config = tmp_path / "tracing.yaml"
+    config.write_text("VOLUME_SIZE_RATIO: 12\n")
+    argv = ["-ref", str(sample_set["ref"]), f"ours={sample_set['ours']}", "-o", str(tmp_path / "bench"), "--images",
+            str(sample_set["images"]), "--run-seqseg", "--seqseg-weights", str(weights), "--seqseg-dataset", "Dataset005_X",
+            "--seqseg-config", str(config), "--seqseg-seed-inset", "1", "--seqseg-resample-spacing", "0.25"]
+    assert main(argv) == 0
+    passed = json.loads((tmp_path / "bench" / "runs" / "seqseg" / "data" / "argv.json").read_text())
+    assert passed[passed.index("-config_name") + 1] == str(tmp_path / "tracing")
+    assert passed[passed.index("-resample_spacing") + 1] == "0.25"
+    summary = pd.read_csv(tmp_path / "bench" / "summary.csv").set_index("method")
+    assert summary.loc["seqseg", "dice"] == 1.0
 
 
 def test_vesselfm_runner_with_a_stand_in_package(sample_set, tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ from vessel_seg.cli import run_cli
 from vessel_seg.errors import VesselSegError
 from vessel_seg.evaluation.benchmark import benchmark_methods
 from vessel_seg.evaluation.runners import RunnerResult, run_nnunet, run_vesselfm
-from vessel_seg.evaluation.seqseg_runner import run_seqseg
+from vessel_seg.evaluation.seqseg_runner import SeqSegSettings, run_seqseg
 
 
 def _assignment(text: str) -> tuple[str, str]:
@@ -122,12 +122,14 @@ def _run_external(args: argparse.Namespace) -> list[RunnerResult]:
                 args.o,
                 weights_dir=args.seqseg_weights,
                 train_dataset=args.seqseg_dataset,
-                nnunet_type=args.seqseg_type,
-                fold=args.seqseg_fold,
-                config_name=args.seqseg_config,
-                scale=args.seqseg_scale,
-                seed_inset_radii=args.seqseg_seed_inset,
-                resample_spacing=args.seqseg_resample_spacing,
+                settings=SeqSegSettings(
+                    nnunet_type=args.seqseg_type,
+                    fold=args.seqseg_fold,
+                    config_name=args.seqseg_config,
+                    scale=args.seqseg_scale,
+                    resample_spacing=tuple(args.seqseg_resample_spacing or ()) or None,
+                    seed_inset_radii=args.seqseg_seed_inset,
+                ),
             )
         )
     if args.run_vesselfm:

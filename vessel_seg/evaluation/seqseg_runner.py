@@ -11,7 +11,8 @@ input image's grid. Staging, running and collecting use the shared helpers of :m
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from vessel_seg.atomic import write_atomic
@@ -32,28 +33,45 @@ from vessel_seg.serialization import write_json_atomic
 SEQSEG_INSTALL = "install SeqSeg (pip install seqseg, or pip install -e a clone of github.com/numisveinsson/SeqSeg)"
 
 
+@dataclass(frozen=True)
+class SeqSegSettings:
+    """How SeqSeg runs, besides its inputs and weights.
+
+    Attributes:
+        nnunet_type: nnU-Net configuration of SeqSeg's local model (``3d_fullres``).
+        fold: its fold (``all``).
+        config_name: SeqSeg tracing config: a name from its package or a YAML path (with or without ``.yaml``).
+        scale: factor SeqSeg applies to image coordinates for its model (0.1 for models trained in cm).
+        resample_spacing: spacing in mm (one isotropic value or x, y, z) SeqSeg resamples each image to first.
+        seed_inset_radii: seed distance from the reference root along its centreline, in root radii.
+    """
+
+    nnunet_type: str = "3d_fullres"
+    fold: str = "all"
+    config_name: str = "global"
+    scale: float = 1.0
+    resample_spacing: tuple[float, ...] | None = None
+    seed_inset_radii: float = 0.0
+
+
 def seqseg_command(
     data_dir: Path,
     out_dir: Path,
     weights_dir: Path,
     train_dataset: str,
     img_ext: str,
-    nnunet_type: str = "3d_fullres",
-    fold: str = "all",
-    config_name: str = "global",
-    scale: float = 1.0,
+    settings: SeqSegSettings = SeqSegSettings(),
     executable: str = "seqseg",
-    resample_spacing: Sequence[float] | None = None,
 ) -> list[str]:
-    """``seqseg`` command line; ``out_dir`` gets a trailing separator because SeqSeg concatenates paths.
-    ``resample_spacing`` (mm, one isotropic value or x y z) makes SeqSeg resample each image before tracing."""
+    """``seqseg`` command line; ``out_dir`` gets a trailing separator because SeqSeg concatenates paths."""
+    resample = settings.resample_spacing
     return [
         executable,
         *("-data_dir", str(data_dir), "-nnunet_results_path", str(weights_dir)),
-        *("-nnunet_type", nnunet_type, "-train_dataset", train_dataset, "-fold", str(fold)),
+        *("-nnunet_type", settings.nnunet_type, "-train_dataset", train_dataset, "-fold", str(settings.fold)),
         *("-img_ext", img_ext, "-outdir", str(out_dir).rstrip(os.sep) + os.sep),
-        *("-unit", "mm", "-scale", f"{scale:g}", "-config_name", config_name),
-        *(("-resample_spacing", *(f"{value:g}" for value in resample_spacing)) if resample_spacing else ()),
+        *("-unit", "mm", "-scale", f"{settings.scale:g}", "-config_name", settings.config_name),
+        *(("-resample_spacing", *(f"{value:g}" for value in resample)) if resample else ()),
     ]
 
 
@@ -63,20 +81,13 @@ def run_seqseg(
     out_root: str | Path,
     weights_dir: str | Path | None,
     train_dataset: str,
-    nnunet_type: str = "3d_fullres",
-    fold: str = "all",
-    config_name: str = "global",
-    scale: float = 1.0,
+    settings: SeqSegSettings = SeqSegSettings(),
     name: str = "seqseg",
-    seed_inset_radii: float = 0.0,
-    resample_spacing: Sequence[float] | None = None,
 ) -> RunnerResult:
-    """Trace every test image with SeqSeg from a seed derived from its reference label (``seed_inset_radii``:
-    see :func:`~vessel_seg.evaluation.seqseg_seeds.seed_from_label`; ``resample_spacing``: see
-    :func:`seqseg_command`)."""
+    """Trace every test image with SeqSeg from a seed derived from its reference label; masks on the input grids."""
     cases = find_test_images(images_dir)
     executable = require_executable("seqseg", SEQSEG_INSTALL)
-    model = Path(weights_dir or "") / train_dataset / f"nnUNetTrainer__nnUNetPlans__{nnunet_type}"
+    model = Path(weights_dir or "") / train_dataset / f"nnUNetTrainer__nnUNetPlans__{settings.nnunet_type}"
     if weights_dir is None or not model.is_dir():
         raise VesselSegError(
             f"{model}: SeqSeg weights not found; download the SeqSeg nnU-Net model {train_dataset} and unpack it "
@@ -86,29 +97,19 @@ def run_seqseg(
     missing = [case for case in cases if case not in refs]
     if missing:
         raise VesselSegError(f"{ref_dir}: no reference for {', '.join(missing[:5])}; SeqSeg seeds come from it")
-    config_name = seqseg_config_name(config_name)
+    settings = replace(settings, config_name=seqseg_config_name(settings.config_name))
     run_dir = Path(out_root) / "runs" / name
     data_dir, raw = run_dir / "data", run_dir / "raw"
     ext = stage_channel0(cases, data_dir / "images")
     seeds = []
     for case in sorted(cases):
         label, geometry = read_label(refs[case])
-        seed = seed_from_label(label, geometry, str(refs[case]), inset_radii=seed_inset_radii)
+        seed = seed_from_label(label, geometry, str(refs[case]), inset_radii=settings.seed_inset_radii)
         seeds.append({"name": case, "seeds": [seed.to_json()]})
     write_json_atomic(data_dir / "seeds.json", seeds)
     fresh_dir(raw)
     command = seqseg_command(
-        data_dir.resolve(),
-        raw.resolve(),
-        Path(weights_dir).resolve(),
-        train_dataset,
-        ext,
-        nnunet_type,
-        fold,
-        config_name,
-        scale,
-        executable,
-        resample_spacing,
+        data_dir.resolve(), raw.resolve(), Path(weights_dir).resolve(), train_dataset, ext, settings, executable
     )
     log = run_dir / "log.txt"
     elapsed = run_tool(command, log, "seqseg")
