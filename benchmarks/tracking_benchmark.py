@@ -104,22 +104,30 @@ def _row(name: str, arm: str, scores: dict, seconds: float | None, extra: dict |
             "seconds": None if seconds is None else round(seconds, 2), **(extra or {})}
 
 
+def vessel_seg_rows(model, name: str, image_path: Path, images: np.ndarray, geometry: ImageGeometry,
+                    label: np.ndarray, full_out: Path, reuse: dict) -> list[dict]:
+    """vessel_seg's full-volume and tracking rows of one image, taken from ``reuse`` where it has them."""
+    rows = []
+    if (name, "full") in reuse:
+        rows.append(reuse[(name, "full")])
+    else:
+        full, seconds = run_full(model, image_path, full_out)
+        rows.append(_row(name, "full", score(full, label, geometry.spacing), seconds))
+    if (name, "tracking") in reuse:
+        rows.append(reuse[(name, "tracking")])
+    else:
+        tracked, seconds, counts = run_tracking(model, images, geometry, label)
+        rows.append(_row(name, "tracking", score(tracked, label, geometry.spacing), seconds, counts))
+    return rows
+
+
 def evaluate_case(model, image_path: Path, label_path: Path, work: Path, external: dict, reuse: dict) -> list[dict]:
-    """Full-volume and tracking rows of one case (taken from ``reuse`` where it has them), plus a row per
-    external method's mask (``external``: arm -> (folder, seconds per case or None))."""
+    """Full-volume and tracking rows of one case (see :func:`vessel_seg_rows`), plus a row per external
+    method's mask (``external``: arm -> (folder, seconds per case or None))."""
     images, geometry = read_image([image_path])
     label, _ = read_label(label_path)
     name = label_path.name.split(".")[0]
-
-    def full_row() -> dict:
-        full, seconds = run_full(model, image_path, work / "full")
-        return _row(name, "full", score(full, label, geometry.spacing), seconds)
-
-    def tracking_row() -> dict:
-        tracked, seconds, counts = run_tracking(model, images, geometry, label)
-        return _row(name, "tracking", score(tracked, label, geometry.spacing), seconds, counts)
-
-    rows = [reuse.get((name, "full")) or full_row(), reuse.get((name, "tracking")) or tracking_row()]
+    rows = vessel_seg_rows(model, name, image_path, images, geometry, label, work / "full", reuse)
     for arm, (folder, seconds) in external.items():
         if (folder / label_path.name).is_file():
             rows.append(_row(name, arm, score(read_label(folder / label_path.name)[0], label, geometry.spacing), seconds))
@@ -137,13 +145,11 @@ def load_reused_rows(path: Path | None, model_name: str) -> dict:
 
 
 def run_seqseg_arm(images_dir: Path, labels_dir: Path, work: Path, weights: Path, dataset: str,
-                   config: str, inset: float, resample: list[float] | None) -> tuple[Path, float]:
-    """SeqSeg (``seqseg`` on PATH) on every image of ``images_dir``, seeded ``inset`` root radii inside each
-    label's root, tracing with ``config`` (a SeqSeg config name or path without ``.yaml``) on images resampled
-    to ``resample`` mm (None: as they are); masks and seconds per case."""
-    from vessel_seg.evaluation.seqseg_runner import SeqSegSettings, run_seqseg
+                   settings) -> tuple[Path, float]:
+    """SeqSeg (``seqseg`` on PATH) on every image of ``images_dir`` with ``settings``
+    (:class:`~vessel_seg.evaluation.seqseg_runner.SeqSegSettings`); masks and seconds per case."""
+    from vessel_seg.evaluation.seqseg_runner import run_seqseg
 
-    settings = SeqSegSettings(config_name=config, seed_inset_radii=inset, resample_spacing=tuple(resample or ()) or None)
     result = run_seqseg(images_dir, labels_dir, work / "seqseg", weights, dataset, settings)
     count = len(list(Path(result.pred_dir).glob("*.nii.gz")))
     return Path(result.pred_dir), result.runtime_s / max(count, 1)
@@ -152,7 +158,7 @@ def run_seqseg_arm(images_dir: Path, labels_dir: Path, work: Path, weights: Path
 def evaluate_big(model, image_path: Path, label_path: Path, work: Path, shape, seqseg: tuple | None,
                  reuse: dict) -> list[dict]:
     """The rows of the large sparse volume (``reuse`` as in :func:`evaluate_case`); ``seqseg`` = (weights,
-    dataset, config) adds SeqSeg's."""
+    dataset, settings) adds SeqSeg's."""
     from vessel_seg.imageio import write_image
 
     images, geometry = read_image([image_path])
@@ -164,16 +170,7 @@ def evaluate_big(model, image_path: Path, label_path: Path, work: Path, shape, s
     write_image(big[0], big_geometry, folder / "big_0000.nii.gz")
     write_image(big_label, big_geometry, ref / "big.nii.gz")
     name = f"big {'x'.join(map(str, shape))}"
-
-    def full_row() -> dict:
-        full, seconds = run_full(model, folder / "big_0000.nii.gz", work / "big_full")
-        return _row(name, "full", score(full, big_label, big_geometry.spacing), seconds)
-
-    def tracking_row() -> dict:
-        tracked, seconds, counts = run_tracking(model, big, big_geometry, big_label)
-        return _row(name, "tracking", score(tracked, big_label, big_geometry.spacing), seconds, counts)
-
-    rows = [reuse.get((name, "full")) or full_row(), reuse.get((name, "tracking")) or tracking_row()]
+    rows = vessel_seg_rows(model, name, folder / "big_0000.nii.gz", big, big_geometry, big_label, work / "big_full", reuse)
     if seqseg is not None:
         masks, seconds = run_seqseg_arm(folder, ref, work / "big_seqseg", *seqseg)
         rows.append(_row(name, "seqseg", score(read_label(masks / "big.nii.gz")[0], big_label, big_geometry.spacing), seconds))
@@ -237,8 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.seqseg_weights is not None:
         if args.seqseg_exe is not None:
             os.environ["PATH"] = f"{args.seqseg_exe.resolve().parent}{os.pathsep}{os.environ['PATH']}"
-        seqseg = (args.seqseg_weights.resolve(), args.seqseg_dataset, args.seqseg_config, args.seqseg_seed_inset,
-                  args.seqseg_resample_spacing)
+        from vessel_seg.evaluation.seqseg_runner import SeqSegSettings
+
+        settings = SeqSegSettings(config_name=args.seqseg_config, seed_inset_radii=args.seqseg_seed_inset,
+                                  resample_spacing=tuple(args.seqseg_resample_spacing or ()) or None)
+        seqseg = (args.seqseg_weights.resolve(), args.seqseg_dataset, settings)
         external["seqseg"] = run_seqseg_arm(args.raw / "imagesTs", args.raw / "labelsTs", args.work, *seqseg)
         status = (f"`seqseg` run batch with `{args.seqseg_dataset}` from {args.seqseg_weights}, config "
                   f"`{Path(args.seqseg_config).name}`, seeded {args.seqseg_seed_inset:g} root radii inside each label's root, images resampled to "
