@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         from vessel_seg.evaluation.seqseg_runner import SeqSegSettings
 
         settings = SeqSegSettings(config_name=args.seqseg_config, seed_inset_radii=args.seqseg_seed_inset,
-                                  resample_spacing=tuple(args.seqseg_resample_spacing or ()) or None)
+                                  resample_spacing=args.seqseg_resample_spacing)
         seqseg = (args.seqseg_weights.resolve(), args.seqseg_dataset, settings)
         external["seqseg"] = run_seqseg_arm(args.raw / "imagesTs", args.raw / "labelsTs", args.work, *seqseg)
         status = (f"`seqseg` run batch with `{args.seqseg_dataset}` from {args.seqseg_weights}, config "

@@ -149,6 +149,11 @@ def test_command_lines_match_the_tools_interfaces(tmp_path):
         seqseg_config_name(str(tmp_path / "other"))
     finer = seqseg_command(tmp_path / "d", tmp_path / "o", tmp_path / "w", "D", ".nii.gz", SeqSegSettings(resample_spacing=(0.25,)))
     assert finer[-2:] == ["-resample_spacing", "0.25"]
+    assert SeqSegSettings(resample_spacing=[0.5, 0.5, 0.8]).resample_spacing == (0.5, 0.5, 0.8)  # argparse's list
+    assert SeqSegSettings(resample_spacing=[]).resample_spacing is None
+    for bad in ({"resample_spacing": (0.5, 0.5)}, {"resample_spacing": (0.0,)}, {"seed_inset_radii": -1.0}, {"scale": 0.0}):
+        with pytest.raises(VesselSegError, match="SeqSeg"):
+            SeqSegSettings(**bad)
     assert seq[seq.index("-outdir") + 1] == str(tmp_path / "o") + os.sep
     assert seq[seq.index("-unit") + 1] == "mm" and seq[seq.index("-scale") + 1] == "0.1"
     assert seq[seq.index("-train_dataset") + 1] == "Dataset005_X" and seq[seq.index("-fold") + 1] == "all"

@@ -127,7 +127,7 @@ def _run_external(args: argparse.Namespace) -> list[RunnerResult]:
                     fold=args.seqseg_fold,
                     config_name=args.seqseg_config,
                     scale=args.seqseg_scale,
-                    resample_spacing=tuple(args.seqseg_resample_spacing or ()) or None,
+                    resample_spacing=args.seqseg_resample_spacing,
                     seed_inset_radii=args.seqseg_seed_inset,
                 ),
             )

@@ -53,6 +53,17 @@ class SeqSegSettings:
     resample_spacing: tuple[float, ...] | None = None
     seed_inset_radii: float = 0.0
 
+    def __post_init__(self) -> None:
+        # CLIs hand over argparse's list (or None); an empty one means "as they are"
+        spacing = tuple(float(v) for v in self.resample_spacing or ()) or None
+        object.__setattr__(self, "resample_spacing", spacing)
+        if spacing is not None and (len(spacing) not in (1, 3) or min(spacing) <= 0):
+            raise VesselSegError(f"SeqSeg resample spacing {list(spacing)}: give one or three positive values in mm")
+        if not self.seed_inset_radii >= 0:
+            raise VesselSegError(f"SeqSeg seed inset {self.seed_inset_radii}: give a distance of 0 or more root radii")
+        if not self.scale > 0:
+            raise VesselSegError(f"SeqSeg scale {self.scale}: give a positive factor (1 for mm, 0.1 for cm models)")
+
 
 def seqseg_command(
     data_dir: Path,
@@ -144,9 +155,12 @@ def masks_onto_inputs(mask_dir: Path, inputs: Mapping[str, Path], dest_dir: Path
     masks = image_files(mask_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     for case, input_path in inputs.items():
-        reference = sitk.ReadImage(str(input_path))
+        grid = sitk.ImageFileReader()  # the input's header only: its voxels are not needed
+        grid.SetFileName(str(input_path))
+        grid.ReadImageInformation()
         mask = sitk.Cast(sitk.ReadImage(str(masks[case])) > 0, sitk.sitkFloat32)
-        resampled = sitk.Resample(mask, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        resampled = sitk.Resample(mask, grid.GetSize(), sitk.Transform(), sitk.sitkLinear, grid.GetOrigin(),
+                                  grid.GetSpacing(), grid.GetDirection(), 0.0, sitk.sitkFloat32)
         label = sitk.Cast(resampled >= 0.5, sitk.sitkUInt8)
         target = dest_dir / f"{case}{image_extension(input_path)}"
         write_atomic(target, lambda tmp, image=label: sitk.WriteImage(image, str(tmp), True))
