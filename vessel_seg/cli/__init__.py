@@ -6,7 +6,9 @@ import argparse
 import errno
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 
 from vessel_seg.errors import VesselSegError
@@ -36,6 +38,7 @@ def run_cli(
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
+    previous = _terminate_as_exception()
     try:
         from vessel_seg.plugins import load_plugins
 
@@ -55,6 +58,28 @@ def run_cli(
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"error: stopped by SIGTERM; finished work is kept (outputs are written atomically): run {parser.prog} "
+              "again with the same arguments to resume", file=sys.stderr)
+        return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (``kill``, ``timeout``, a scheduler): unwinds like KeyboardInterrupt, to one line and exit 2."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated
+
+
+def _terminate_as_exception():
+    """Install the SIGTERM handler of a command (main thread only); returns the previous handler or None."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 # Failures of the machine, not of the code: a full disk, a quota, a read-only or forbidden target.

@@ -54,7 +54,9 @@ class TrainingSettings:
     compile: str = "auto"
     # channels_last_3d activations where they are faster (CPU; CUDA with bf16/fp16); False: always NCDHW.
     channels_last: bool = True
-    checkpoint_every: int = 5
+    # checkpoint_latest.pt after every epoch (atomic): a killed run loses at most the epoch in progress; the cost,
+    # measured in benchmarks/checkpoint_cost.py, is a small fraction of an epoch (docs/benchmarks.md).
+    checkpoint_every: int = 1
     # Keep the weights every N epochs as checkpoint_epochNNNN.pt (0: never), e.g. for held-out learning curves.
     snapshot_every: int = 0
     seed: int = 12345

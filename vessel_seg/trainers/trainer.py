@@ -27,7 +27,7 @@ from vessel_seg.case_store import list_cases
 from vessel_seg.checkpoint import load_checkpoint
 from vessel_seg.device import amp_dtype, preferred_memory_format
 from vessel_seg.errors import CheckpointError, TrainingError
-from vessel_seg.model_folder import snapshot_name
+from vessel_seg.model_folder import DEFAULT_TRAINER, snapshot_name
 from vessel_seg.networks.registry import build_network
 from vessel_seg.paths import raw_root
 from vessel_seg.trainers.augmentation import Augmentation, training_transforms, validation_transforms
@@ -52,6 +52,7 @@ from vessel_seg.trainers.run_setup import (
 )
 from vessel_seg.trainers.settings import TrainingSettings
 from vessel_seg.trainers.step import TrainingStep, make_grad_scaler
+from vessel_seg.trainers.stop_request import StopRequest, TrainingInterrupted, resume_command
 from vessel_seg.trainers.training_context import TrainingContext, TrainingJob, copy_model_files
 from vessel_seg.trainers.validation import (
     PseudoMetrics,
@@ -166,6 +167,11 @@ class Trainer:
             "trainer": job.trainer_name, "settings": settings_metadata(settings),
         })
         state = resume_state(checkpointer, model, settings, device) if job.resume else RunState()
+        if state.start_epoch > settings.epochs:
+            raise TrainingError(
+                f"{ctx.fold_dir}: this run is already at epoch {state.start_epoch}, past --epochs {settings.epochs}; "
+                f"give --epochs above {state.start_epoch} to train it further (its checkpoints are unchanged)"
+            )
         progress = TrainingLog(ctx.fold_dir)
         if dist.is_main:
             prepare_fold(ctx.fold_dir, progress, state, settings)
@@ -183,13 +189,31 @@ class Trainer:
             log.info(start_banner(run, device, dtype, compiling, memory_format, len(train_ids), len(val_ids), batch_size))
         show_bar = dist.is_main and sys.stderr.isatty()
         try:
-            for epoch in range(state.start_epoch, settings.epochs):
-                self.run_epoch(step, train_batches, val_batches, epoch, show_bar)
+            with StopRequest() as self.stop_request:
+                for epoch in range(state.start_epoch, settings.epochs):
+                    self.run_epoch(step, train_batches, val_batches, epoch, show_bar)
+        except _Stopped as stopped:
+            self._save_interrupted(step, stopped)
         finally:
             train_batches.close()
             val_batches.close()
         summary = self.finish(val_ids, mirror_axes, device, dtype is not None)
         return TrainingResult(ctx.fold_dir, settings.epochs - state.start_epoch, state.best_score, summary, model.network)
+
+    def _save_interrupted(self, step: TrainingStep, stopped: _Stopped) -> None:
+        """Save the weights of the interrupted epoch as ``checkpoint_latest.pt`` (resuming re-runs that epoch from
+        its start, with the learning-rate schedule at that point) and end with one line saying how to resume."""
+        run, job = self.run_state, self.job
+        if run.dist.is_main:
+            extra = {"best_score": run.state.best_score, "ema_score": run.state.ema}
+            run.checkpointer.save("latest", run.checkpointer.state(
+                run.model.network, step.optimizer, step.scaler, stopped.epoch, extra))
+        command = resume_command(str(job.dataset), self.ctx.config.name, str(job.fold), job.plans_name,
+                                 job.trainer_name, DEFAULT_TRAINER)
+        raise TrainingInterrupted(
+            f"{self.ctx.fold_dir}: stopped by {stopped.signal_name} in epoch {stopped.epoch} after iteration "
+            f"{stopped.iteration}; saved checkpoint_latest.pt ({stopped.epoch} epoch(s) completed); resume with: {command}"
+        )
 
     def validate(self, checkpoint: str = "final") -> TrainingResult:
         """Only the final full-volume validation of the fold's ``checkpoint_<checkpoint>.pt`` (``vs_train --val``)."""
@@ -253,9 +277,12 @@ def _run_epoch(trainer: Trainer, step: TrainingStep, train_batches, val_batches,
     started = time.perf_counter()
     lr = scheduled_lr(settings, epoch, 0)
     step.model.train()
+    stop = getattr(trainer, "stop_request", None)
     for iteration in tqdm(range(settings.iterations_per_epoch), desc=f"epoch {epoch}", disable=not show_bar, leave=False):
         set_lr(step.optimizer, scheduled_lr(settings, epoch, iteration))
         step(next(train_batches))
+        if stop is not None and stop.requested:
+            raise _Stopped(stop.signal_name, epoch, iteration + 1)
     data_wait = train_batches.pop_mean_wait()
     train_loss = step.pop_mean_loss()  # the epoch's one synchronisation for training
     if not math.isfinite(train_loss):
@@ -279,6 +306,14 @@ def _run_epoch(trainer: Trainer, step: TrainingStep, train_batches, val_batches,
         ema_score=math.nan, learning_rate=lr, epoch_seconds=0.0, data_wait_seconds=data_wait,
         pseudo_betti0_error=metrics.betti0_error,
     ), started)
+
+
+class _Stopped(Exception):
+    """Raised inside the loop when a stop was requested; carries where the run stopped."""
+
+    def __init__(self, signal_name: str, epoch: int, iteration: int) -> None:
+        super().__init__(signal_name)
+        self.signal_name, self.epoch, self.iteration = signal_name, epoch, iteration
 
 
 def _end_epoch(run: Run, step: TrainingStep, epoch: int, record: EpochRecord, started: float) -> None:
