@@ -19,6 +19,7 @@ from vessel_seg.errors import CheckpointError
 from vessel_seg.imageio import read_array
 from vessel_seg.inference.predictor import load_trained_model
 from vessel_seg.planners.plans import Plans
+from vessel_seg.pretraining import read_runs
 
 
 @pytest.fixture
@@ -41,8 +42,11 @@ def test_shipped_model_is_small_safe_and_documented(shipped):
     assert list(plans.configurations) == ["3d_fullres"]
     assert config.spacing_mode == "finest_voxel" and config.normalization == ["percentile"]
     card = (shipped / "MODEL_CARD.md").read_text(encoding="utf-8")
-    for heading in ("Training data", "Budget", "Measured", "Limits"):
+    for heading in ("Training data", "Measured", "Limits"):
         assert f"**{heading}.**" in card
+    runs = read_runs(shipped)
+    assert runs and all(r.iterations > 0 and r.machine and r.date for r in runs)
+    assert all(f"| {k} | {r.date} |" in card for k, r in enumerate(runs, 1))  # every run is in the card
 
 
 def test_a_checkpoint_with_code_in_it_is_refused(tmp_path):
@@ -117,6 +121,38 @@ def test_vs_pretrain_builds_a_model_that_vs_predict_uses(data_roots, tmp_path, m
     monkeypatch.setenv("VS_BUILTIN_MODEL", str(tmp_path / "missing"))
     assert predict_main(["-i", str(images), "-o", str(tmp_path / "out4"), "--model", "builtin"]) == 2
     assert "the built-in model is missing from VS_BUILTIN_MODEL" in capsys.readouterr().err
+
+
+def test_vs_pretrain_init_continues_a_model_and_its_run_history(data_roots, tmp_path, shipped, capsys):
+    export = tmp_path / "export"
+    assert pretrain_main(["-d", "992", "--cases", "2", "--epochs", "1", "--iterations-per-epoch", "1",
+                          "--num-workers", "0", "--init", "builtin", "--warmup", "1", "--export", str(export)]) == 0
+    folder = export / BUILTIN_FOLDER
+    shipped_runs, runs = read_runs(shipped), read_runs(folder)
+    assert runs[:-1] == shipped_runs and runs[-1].init == "builtin" and runs[-1].iterations == 1
+    assert runs[-1].patch == Plans.load(shipped / "plans.json").configuration("3d_fullres").patch_size
+    card = (folder / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert f"| {len(runs)} | {runs[-1].date} |" in card and "| 1 |" in card
+    # one step of small updates from the shipped weights stays near them: the run started there
+    before = load_checkpoint(shipped / "fold_all" / "checkpoint_final.pt")["network_weights"]
+    after = load_checkpoint(folder / "fold_all" / "checkpoint_final.pt")["network_weights"]
+    key = next(k for k in before if k.endswith("weight") and before[k].ndim == 5)
+    assert torch.allclose(before[key].float(), after[key].float(), atol=0.05)
+    assert pretrain_main(["-d", "993", "--cases", "2", "--init", str(tmp_path / "nothing")]) == 2
+    assert "--init needs a model folder" in capsys.readouterr().err
+
+
+def test_malformed_run_history_is_one_line(tmp_path):
+    from vessel_seg.errors import DatasetError
+
+    (tmp_path / "pretraining_runs.json").write_text('[{"date": 3}]')
+    with pytest.raises(DatasetError, match="not a list of pretraining runs"):
+        read_runs(tmp_path)
+    (tmp_path / "pretraining_runs.json").write_text('[{"date": "d", "machine": "m", "cases": -1, "seed": 0, '
+                                                    '"randomiser": 2, "iterations": 1, "batch": 2, "patch": [8, 8, 8], '
+                                                    '"wall_s": 1}]')
+    with pytest.raises(DatasetError, match="negative"):
+        read_runs(tmp_path)
 
 
 def test_demo_shows_zero_shot_predictions_before_training(shipped, data_roots, caplog, capsys):

@@ -131,3 +131,12 @@ def test_plans_transfer_refuses_other_label_counts(tmp_path):
     info = DatasetInfo({"0": "CT"}, {"background": 0, "artery": 1, "vein": 2}, 2, ".nii.gz")
     with pytest.raises(PlansError, match="different count"):
         transferred_plans(source, DatasetFingerprint.__new__(DatasetFingerprint), info, "Dataset001_X", "vs_builtin")
+
+
+def test_randomized_cases_are_the_same_whatever_the_number_of_writers(tmp_path):
+    one = generate_randomized_dataset(990, 3, seed=4, raw_root=tmp_path / "a", ranges=SMALL)
+    two = generate_randomized_dataset(990, 3, seed=4, raw_root=tmp_path / "b", ranges=SMALL, num_workers=2)
+    for k in range(3):
+        a, _ = read_array(one / "labelsTr" / f"rand_{k:04d}.nii.gz")
+        b, _ = read_array(two / "labelsTr" / f"rand_{k:04d}.nii.gz")
+        assert np.array_equal(a, b)

@@ -14,12 +14,15 @@ Three resumable steps (``vs_pretrain`` runs them in order; each skips work alrea
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import shutil
 import time
-from dataclasses import asdict
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, fields
+from multiprocessing import get_context
 from pathlib import Path
 
 from vessel_seg.checkpoint import load_checkpoint, save_checkpoint
@@ -38,16 +41,60 @@ PRETRAIN_NAME = "VesselPretrain"
 PRETRAIN_PLANS = "pretrain"
 FILE_ENDING = ".nii.gz"
 BUILTIN_FOLDER_NAME = "vsTrainer__vs_builtin__3d_fullres"
+RUNS_FILE = "pretraining_runs.json"
+RANDOMISER_VERSION = 2  # 1: session 6 (2026-11-30); 2: registered distractors and artefacts, radii to 12 voxels
+# The built-in model learns *bright* vessels only; vs_predict inverts an image first when its vessels are dark
+# (--vessel-polarity). Why: with both polarities the model took dark fat, air and cavities in CT and MR for
+# dark vessels (dev-set tuning split, 2026-12-08: precision 0.12-0.34 on CT and MR); most angiography
+# (CTA, TOF/CE-MRA, fluorescence, OCTA) shows vessels bright.
+PRETRAIN_RANGES = RandomizationRanges(dark_vessel_probability=0.0)
+
+
+@dataclass(frozen=True)
+class PretrainingRun:
+    """One ``vs_pretrain`` run that shaped a model's weights (the model card lists them all, oldest first).
+
+    ``iterations`` of batch ``batch`` at ``patch`` (voxels); ``wall_s`` seconds of the run's last invocation
+    (data, preprocessing and training); ``init`` the folder it started from (None: random initialisation).
+    """
+
+    date: str
+    machine: str
+    cases: int
+    seed: int
+    randomiser: int
+    iterations: int
+    batch: int
+    patch: list[int]
+    wall_s: float
+    init: str | None = None
+
+
+def read_runs(model_dir: Path) -> list[PretrainingRun]:
+    """The runs recorded in ``model_dir/pretraining_runs.json`` (none if absent; one-line error if malformed)."""
+    path = Path(model_dir) / RUNS_FILE
+    if not path.is_file():
+        return []
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+        names = {f.name for f in fields(PretrainingRun)}
+        runs = [PretrainingRun(**{k: v for k, v in entry.items() if k in names}) for entry in entries]
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise DatasetError(f"{path}: not a list of pretraining runs ({exc}); delete it or re-export the model") from exc
+    if any(r.iterations < 0 or r.cases < 0 or r.wall_s < 0 for r in runs):
+        raise DatasetError(f"{path}: negative counts or times in a pretraining run; re-export the model")
+    return runs
 
 
 def generate_randomized_dataset(
     dataset_id: int, num_cases: int, seed: int = 0, raw_root: Path | None = None,
-    ranges: RandomizationRanges | None = None,
+    ranges: RandomizationRanges | None = None, num_workers: int = 1,
 ) -> Path:
     """Write (or finish writing) ``num_cases`` domain-randomised cases as ``DatasetNNN_VesselPretrain``.
 
-    Cases are ``rand_0000`` ... (case ``k`` from ``case_rng(seed, k)``). A complete dataset with the
-    same settings is reused; a different one is an error (choose another id or delete it).
+    Cases are ``rand_0000`` ... (case ``k`` from ``case_rng(seed, k)``, the same whatever ``num_workers``
+    processes write them). A complete dataset with the same settings is reused; a different one is an
+    error (choose another id or delete it).
     """
     if num_cases < 2:
         raise DatasetError(f"pretraining needs at least 2 cases, got {num_cases}")
@@ -64,15 +111,19 @@ def generate_randomized_dataset(
     for sub in ("imagesTr", "labelsTr"):
         (staging / sub).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    for k in range(num_cases):
-        label_path = staging / "labelsTr" / f"rand_{k:04d}{FILE_ENDING}"
-        if label_path.is_file():
-            continue  # written by an earlier run (the label is written last)
-        case = randomized_case(case_rng(seed, k), ranges)
-        write_image(case.image, case.geometry, staging / "imagesTr" / f"rand_{k:04d}_0000{FILE_ENDING}")
-        write_image(case.label, case.geometry, label_path)
-        if (k + 1) % 50 == 0:
-            log.info("pretraining data: %d/%d cases (%.1f s)", k + 1, num_cases, time.perf_counter() - start)
+    todo = [k for k in range(num_cases) if not (staging / "labelsTr" / f"rand_{k:04d}{FILE_ENDING}").is_file()]
+    # (the label is written last: a case with a label was written whole by an earlier run)
+    write = functools.partial(_write_randomized_case, staging, seed, ranges)
+    if num_workers > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(min(num_workers, len(todo)), mp_context=get_context("spawn")) as pool:
+            for done, _ in enumerate(pool.map(write, todo, chunksize=4), 1):
+                if done % 50 == 0:
+                    log.info("pretraining data: %d/%d cases (%.1f s)", done, len(todo), time.perf_counter() - start)
+    else:
+        for done, k in enumerate(todo, 1):
+            write(k)
+            if done % 50 == 0:
+                log.info("pretraining data: %d/%d cases (%.1f s)", done, len(todo), time.perf_counter() - start)
     DatasetInfo(
         channel_names={"0": "any"}, labels={"background": 0, "vessel": 1}, num_training=num_cases,
         file_ending=FILE_ENDING, name=name,
@@ -86,34 +137,50 @@ def generate_randomized_dataset(
     return target
 
 
+def _write_randomized_case(staging: Path, seed: int, ranges: RandomizationRanges | None, k: int) -> None:
+    """Case ``k`` (image, then label) into the staging folder; run in worker processes too."""
+    case = randomized_case(case_rng(seed, k), ranges)
+    write_image(case.image, case.geometry, staging / "imagesTr" / f"rand_{k:04d}_0000{FILE_ENDING}")
+    write_image(case.label, case.geometry, staging / "labelsTr" / f"rand_{k:04d}{FILE_ENDING}")
+
+
 def pretrain(
-    dataset_id: int, num_cases: int, settings, seed: int = 0, num_workers: int = 2,
+    dataset_id: int, num_cases: int, settings, seed: int = 0, num_workers: int = 2, init: Path | None = None,
 ):
     """Generate (or reuse) the randomised data, plan and preprocess it, and train fold ``all`` (resuming).
 
     ``settings`` is a :class:`~vessel_seg.trainers.settings.TrainingSettings`; returns the
-    :class:`~vessel_seg.trainers.trainer.TrainingResult` of the run.
+    :class:`~vessel_seg.trainers.trainer.TrainingResult` of the run. With ``init`` (a modality-free
+    model folder, e.g. the built-in model) the data is preprocessed with that model's plans and the
+    run starts from its weights, so pretraining budgets add up over runs and machines.
     """
     from vessel_seg.planners.pipeline import plan_and_preprocess
     from vessel_seg.trainers.trainer import TrainingJob, train
 
-    generate_randomized_dataset(dataset_id, num_cases, seed)
-    plan_and_preprocess(dataset_id, ["3d_fullres"], num_workers=num_workers, plans_name=PRETRAIN_PLANS)
-    return train(TrainingJob(dataset_id, "3d_fullres", "all", PRETRAIN_PLANS, settings, resume=True))
+    generate_randomized_dataset(dataset_id, num_cases, seed, ranges=PRETRAIN_RANGES, num_workers=num_workers)
+    plans_from = Plans.load(Path(init) / "plans.json") if init is not None else None
+    plan_and_preprocess(dataset_id, ["3d_fullres"], num_workers=num_workers, plans_name=PRETRAIN_PLANS,
+                        plans_from=plans_from)
+    pretrained = Path(init) / "fold_all" / "checkpoint_final.pt" if init is not None else None
+    return train(TrainingJob(dataset_id, "3d_fullres", "all", PRETRAIN_PLANS, settings, resume=True,
+                             pretrained=pretrained))
 
 
-def export_builtin_model(model_dir: Path, out_dir: Path, card: str, fold: str = "all") -> Path:
+def export_builtin_model(model_dir: Path, out_dir: Path, card: str, fold: str = "all",
+                         runs: list[PretrainingRun] | None = None, checkpoint: str = "final") -> Path:
     """Write a trained modality-free model as a built-in model folder ``out_dir/vsTrainer__vs_builtin__3d_fullres``.
 
     The folder holds ``plans.json`` (renamed ``vs_builtin``), ``dataset.json``, ``fold_all/checkpoint_final.pt``
-    (network weights in float16 and the metadata prediction needs, nothing else) and ``MODEL_CARD.md``.
+    (network weights in float16 and the metadata prediction needs, nothing else), ``MODEL_CARD.md`` and
+    ``pretraining_runs.json`` (every run that shaped the weights). ``checkpoint``: ``final``, or ``latest``
+    to look at a run still in progress.
     Written into a staging folder and moved into place.
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     plans = Plans.load(model_dir / "plans.json")
     if any(c.spacing_mode != "finest_voxel" for c in plans.configurations.values()):
         raise DatasetError(f"{model_dir}: not a modality-free model (plans in mm); train it with -p {PRETRAIN_PLANS}")
-    state = load_checkpoint(model_dir / f"fold_{fold}" / "checkpoint_final.pt")
+    state = load_checkpoint(model_dir / f"fold_{fold}" / f"checkpoint_{checkpoint}.pt")
     weights = {k: (v.half() if v.is_floating_point() else v) for k, v in state["network_weights"].items()}
     metadata = {k: state.get("metadata", {})[k] for k in ("in_channels", "num_classes", "mirror_axes")
                 if k in state.get("metadata", {})}
@@ -129,6 +196,7 @@ def export_builtin_model(model_dir: Path, out_dir: Path, card: str, fold: str = 
     shutil.copyfile(model_dir / "dataset.json", staging / "dataset.json")
     save_checkpoint({"network_weights": weights, "metadata": metadata}, staging / "fold_all" / "checkpoint_final.pt")
     (staging / "MODEL_CARD.md").write_text(card, encoding="utf-8")
+    (staging / RUNS_FILE).write_text(json.dumps([asdict(r) for r in runs or []], indent=1), encoding="utf-8")
     if target.exists():
         shutil.rmtree(target)
     os.replace(staging, target)
@@ -138,9 +206,23 @@ def export_builtin_model(model_dir: Path, out_dir: Path, card: str, fold: str = 
 
 
 
-def model_card(*, num_cases: int, seed: int, iterations: int, patch: list[int], batch: int, device: str,
-               parameters: int, measured: str = "") -> str:
+V1_NOTE = ("Runs with randomiser v1 (2026-11-30) drew from narrower ranges: root radius 0.8-8 voxels, distractors "
+           "only blobs, plates and small spheres kept a voxel off the lumen, no inversion or adding, and of the "
+           "artefacts only slice gain and ghosting.\n")
+
+
+def _runs_table(runs: list[PretrainingRun]) -> str:
+    lines = ["| # | date | machine | randomiser | cases (seed) | iterations x batch | patch | wall time | started from |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for k, r in enumerate(runs, 1):
+        lines.append(f"| {k} | {r.date} | {r.machine} | v{r.randomiser} | {r.cases} ({r.seed}) | {r.iterations} x "
+                     f"{r.batch} | {'x'.join(map(str, r.patch))} | {r.wall_s / 60:.0f} min | {r.init or 'random'} |")
+    return "\n".join(lines)
+
+
+def model_card(*, runs: list[PretrainingRun], parameters: int, measured: str = "") -> str:
     """The built-in model's card: what it was trained on, with what budget, how it measured, and its limits."""
+    total = sum(r.iterations * r.batch for r in runs)
     return f"""# vessel_seg built-in vessel model
 
 **What it is.** A ResU-Net (bottleneck residual blocks, {parameters / 1e6:.2f} M parameters, weights in float16)
@@ -151,21 +233,25 @@ on the user's data. It was trained only on synthetic, domain-randomised volumes.
 (`spacing_mode = finest_voxel`), each channel is clipped to its 0.5/99.5 percentiles and z-scored.
 Predictions are resampled back to the input's own geometry.
 
-**Training data.** {num_cases} cases from `vessel_seg.dataset_conversion.domain_randomization` (seed {seed}):
-1-3 random branching trees (root radius 0.8-8 voxels, thinnest 0.4-1.2 voxels, random tortuosity and
-branching) and, in 30 % of cases, a capillary-like mesh with loops; random backgrounds, textures and
-non-vessel distractors (blobs, plates, small spheres); bright or dark vessels; Gaussian/Rician/Poisson
-noise, bias fields, anisotropic blur, thick slices, gamma, slice-gain and ghost artefacts.
-The CT-, MR- and microscopy-like styles of the zero-shot benchmark were never used.
+**Training data.** Cases from `vessel_seg.dataset_conversion.domain_randomization` (randomiser v2 from
+2026-12-08): 1-3 random branching trees (root radius 0.6-12 voxels, thinnest 0.4-1.2 voxels, random
+tortuosity and branching) and, in 30 % of cases, a capillary-like mesh with loops; random backgrounds and
+textures; label-0 distractors (blobs, plates, bone-like shells, small spheres, speckle; near the tree and
+far from it, often exactly as bright as the vessels); bright or dark vessels (or the whole image
+inverted), painted or added; Gaussian/Rician/Poisson noise, bias fields, anisotropic blur, thick slices,
+gamma, k-space spikes, Gibbs ringing, sharpening, histogram shifts, slice-gain and ghost artefacts.
+{V1_NOTE if any(r.randomiser == 1 for r in runs) else ""}The styles and generators of the zero-shot benchmarks were never used.
 
-**Budget.** {iterations} iterations of batch {batch}, patch {patch}, on {device}; reproduce with
-`vs_pretrain` (see docs/pretraining.md).
+**Runs** (each continues from the one before; {total} patches seen in all; reproduce with `vs_pretrain`,
+see docs/pretraining.md):
 
-**Measured.** {measured or "see docs/benchmarks.md (zero-shot and few-shot tables)."}
+{_runs_table(runs)}
 
-**Limits.** Synthetic training only: no real angiogram has been seen. Vessels wider than ~8 voxels in
-radius are outside the training range (resample the image coarser first); vessels thinner than about
-half a voxel are not resolved. It segments every tubular structure it sees (also airways or nerves if
-they look like vessels) and has a single foreground label. Fine-tune on labelled cases
-(`vs_train ... --pretrained builtin`) for clinical use.
+**Measured.** {measured or "see docs/pretraining.md and docs/benchmarks.md (zero-shot and few-shot tables)."}
+
+**Limits.** Synthetic training only: no real angiogram has been seen. Vessels wider than ~12 voxels in
+radius are outside the training range: `vs_predict` estimates the vessels' scale from the image and
+predicts on a coarser grid when they are wider; vessels thinner than about half a voxel are not resolved.
+It segments every tubular structure it sees (also airways or nerves if they look like vessels) and has a
+single foreground label. Fine-tune on labelled cases (`vs_train ... --pretrained builtin`) for clinical use.
 """

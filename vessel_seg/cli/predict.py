@@ -34,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-pl", "-p", dest="plans", default=None, help="plans name (default: any, if unambiguous)")
     parser.add_argument("-tr", dest="trainer", default=None, help="trainer name (default: any, if unambiguous)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    parser.add_argument("--vessel-scale", default="1", metavar="1|F|multi",
+                        help="modality-free models (--model builtin): also predict on coarser grids where vessels are "
+                        "wider than it was trained on; 'multi' fuses the native, 2x and 4x grids (default 1: native)")
+    parser.add_argument("--vessel-polarity", default="bright", metavar="bright|dark",
+                        help="--model builtin segments bright vessels; 'dark' inverts images whose vessels are darker "
+                        "than their surroundings (black-blood MR, bright-field microscopy) first")
     parser.add_argument("--disable-tta", "--disable_tta", dest="disable_tta", action="store_true",
                         help="no mirroring test-time augmentation (8x faster in 3D)")
     parser.add_argument(
@@ -94,6 +100,7 @@ def _command(args: argparse.Namespace) -> int:
     )
     from vessel_seg.inference.prediction_run import predict_cases
     from vessel_seg.inference.predictor import load_trained_model
+    from vessel_seg.inference.vessel_scale import parse_vessel_scale
     from vessel_seg.model_folder import parse_fold
 
     step_size = check_step_size(args.step_size)
@@ -115,6 +122,7 @@ def _command(args: argparse.Namespace) -> int:
         use_tta=not args.disable_tta, overwrite=args.overwrite, save_probabilities=args.save_probabilities,
         mesh=args.mesh, centerline=args.centerline, preview=args.preview, recipe=recipe, step_size=step_size,
         postprocess=not args.no_postprocessing, num_parts=num_parts, part_id=part_id,
+        vessel_scale=parse_vessel_scale(args.vessel_scale), vessel_polarity=args.vessel_polarity,
     )
     seeds = _tracking_seeds(args)
     if seeds:

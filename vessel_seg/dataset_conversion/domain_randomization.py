@@ -4,16 +4,20 @@ A case is drawn in two independent halves:
 
 1. **Geometry** (:func:`random_geometry`): in voxel units (in-plane spacing 1, through-plane 1 or a
    random 1.5-3 for anisotropic acquisitions), one to three branching trees from the tree grower
-   with random radii (sub-voxel to ~8 voxels), generations, tortuosity and branching, and with
+   with random radii (sub-voxel to ~12 voxels), generations, tortuosity and branching, and with
    some probability a capillary-like mesh (random points joined to their nearest neighbours, so it
    has loops) of thin wavy tubes. The label is the lumen (``sd < 0``).
 2. **Appearance** (:func:`random_appearance`): a background of smooth fields at random scales and
-   random textures; non-vessel distractors (bright or dark blobs, thin plates, clusters of small
-   spheres); vessels brighter *or darker* than the background (contrast inversion), with random
+   random textures; the label-0 distractors registered in
+   :mod:`vessel_seg.dataset_conversion.randomization_terms` (blobs, plates, bone-like shells, small
+   spheres, speckle; near the tree and far from it; brighter, darker or exactly as bright as the
+   vessels); vessels brighter *or darker* than the background (their contrast negated, or the whole
+   image inverted), painted over the tissue or added to it, with random
    contrast and intensity drift along the tree; optional hollow vessels
    (bright wall, dark lumen); blur by an anisotropic Gaussian PSF; low resolution along one axis;
    a multiplicative bias field; Gaussian, Rician or Poisson noise; a gamma non-linearity;
-   slice-intensity jumps and ghosting; a random linear rescaling (so units mean nothing).
+   then the registered artefacts (k-space spikes, Gibbs ringing, sharpening, histogram shifts,
+   slice-intensity jumps, ghosting); a random linear rescaling (so units mean nothing).
 
 Every draw comes from one :class:`numpy.random.Generator` (:func:`vessel_seg.dataset_conversion.synthetic.case_rng`),
 so a seed and an index always give the same case. The CT-, MR- and microscopy-like styles of
@@ -29,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from vessel_seg.dataset_conversion.randomization_terms import ARTEFACTS, DISTRACTORS
 from vessel_seg.dataset_conversion.synthetic_growth import TreeParams, grow_tree
 from vessel_seg.dataset_conversion.synthetic_render import _paint_capsule, smooth_noise, vessel_distance
 from vessel_seg.dataset_conversion.synthetic_tree import Body
@@ -50,18 +55,29 @@ class RandomizationRanges:
         contrast: vessel minus background, in units of the background's standard deviation.
         dark_vessel_probability: chance that vessels are darker than their surroundings.
         snr: vessel contrast over noise standard deviation, drawn log-uniformly.
+        vessel_like_distractor_probability: chance that a distractor kind is drawn as bright (or dark)
+            as the vessels themselves, so that only shape tells them apart.
+        add_probability: chance that vessels are *added* to the tissue they cross instead of replacing it.
+        inversion_probability: chance, among dark-vessel cases, that the whole rendered image is
+            inverted (rather than the vessels alone drawn dark).
+        background_inversion_probability: chance that the tissue (background and distractors) is
+            inverted under vessels that stay bright, so no background polarity is typical.
     """
 
-    extent_voxels: tuple[int, int] = (56, 80)
+    extent_voxels: tuple[int, int] = (56, 88)
     anisotropic_probability: float = 0.25
     through_plane_spacing: tuple[float, float] = (1.5, 3.0)
     trees: tuple[int, int] = (1, 3)
-    root_radius_voxels: tuple[float, float] = (0.8, 8.0)
+    root_radius_voxels: tuple[float, float] = (0.6, 12.0)
     min_radius_voxels: tuple[float, float] = (0.4, 1.2)
     mesh_probability: float = 0.3
     contrast: tuple[float, float] = (1.0, 6.0)
     dark_vessel_probability: float = 0.3
     snr: tuple[float, float] = (1.5, 30.0)
+    vessel_like_distractor_probability: float = 0.4
+    add_probability: float = 0.5
+    inversion_probability: float = 0.5
+    background_inversion_probability: float = 0.3
 
 
 @dataclass
@@ -163,44 +179,26 @@ def _background(rng: np.random.Generator, shape, spacing) -> tuple[np.ndarray, d
     return image, {"background_scales": [round(s, 1) for s in scales], "texture": bool(texture)}
 
 
-def _ellipsoids(rng: np.random.Generator, shape, spacing, count: int, size: tuple[float, float]) -> np.ndarray:
-    """Partial-volume fraction of ``count`` random rotated ellipsoids (semi-axes in voxel units)."""
-    frac = np.zeros(shape, dtype=np.float32)
-    grids = [np.arange(n) * s for n, s in zip(shape, spacing, strict=True)]
-    extent = (np.asarray(shape) - 1) * spacing
-    for _ in range(count):
-        centre = rng.uniform(0, 1, 3) * extent
-        axes = np.asarray([rng.uniform(*size) for _ in range(3)])
-        rotation, _ = np.linalg.qr(rng.standard_normal((3, 3)))
-        lo = np.maximum(np.floor((centre - axes.max() - 1) / spacing).astype(int), 0)
-        hi = np.minimum(np.ceil((centre + axes.max() + 1) / spacing).astype(int) + 1, shape)
-        if np.any(hi <= lo):
-            continue
-        z, y, x = np.meshgrid(*(g[l:h] for g, l, h in zip(grids, lo, hi, strict=True)), indexing="ij")
-        rel = np.stack([z - centre[0], y - centre[1], x - centre[2]], axis=-1) @ rotation
-        sd = (np.linalg.norm(rel / axes, axis=-1) - 1.0) * axes.min()
-        box = tuple(slice(l, h) for l, h in zip(lo, hi, strict=True))
-        np.maximum(frac[box], np.clip(0.5 - sd, 0, 1), out=frac[box])
-    return frac
+def _distractors(rng: np.random.Generator, shape, spacing, sd: np.ndarray, contrast: float,
+                 ranges: RandomizationRanges) -> tuple[np.ndarray, dict]:
+    """Intensity (background-std units) of the registered label-0 distractors, kept off the lumen.
 
-
-def _distractors(rng: np.random.Generator, shape, spacing, sd: np.ndarray) -> tuple[np.ndarray, dict]:
-    """Intensity (background-std units) of non-vessel structures, kept a voxel away from the lumen."""
+    Each kind that is drawn gets its own sign and brightness: 1-8 background stds, or (with
+    ``vessel_like_distractor_probability``) the vessels' own contrast within +-30 %.
+    """
     layer = np.zeros(shape, dtype=np.float32)
     kinds = []
-    if rng.random() < 0.7:  # blobs: bone, organs, fat, cysts, calcifications
-        blobs = _ellipsoids(rng, shape, spacing, int(rng.integers(1, 8)), (2.0, 14.0))
-        layer += rng.choice([-1.0, 1.0]) * rng.uniform(1.0, 8.0) * blobs
-        kinds.append("blobs")
-    if rng.random() < 0.3:  # plates: membranes, cortical bone, dura; flat, not tubular
-        plates = _ellipsoids(rng, shape, spacing, int(rng.integers(1, 4)), (0.6, 20.0))
-        layer += rng.choice([-1.0, 1.0]) * rng.uniform(1.0, 5.0) * plates
-        kinds.append("plates")
-    if rng.random() < 0.3:  # small spheres: cells, nuclei, micro-calcifications
-        spheres = _ellipsoids(rng, shape, spacing, int(rng.integers(10, 60)), (1.0, 2.5))
-        layer += rng.choice([-1.0, 1.0]) * rng.uniform(1.0, 5.0) * spheres
-        kinds.append("spheres")
-    layer *= np.clip(sd - 0.5, 0, 1)  # distractors touch vessels but never replace lumen voxels
+    for term in DISTRACTORS:
+        if rng.random() >= term.probability:
+            continue
+        fraction = term.apply(rng, shape, spacing, sd)
+        if rng.random() < ranges.vessel_like_distractor_probability:
+            brightness = contrast * rng.uniform(0.7, 1.3)
+        else:
+            brightness = rng.choice([-1.0, 1.0]) * rng.uniform(1.0, 8.0)
+        layer += np.float32(brightness) * fraction
+        kinds.append(term.name)
+    layer *= np.clip(sd - 0.5, 0, 1)  # distractors touch vessels but never replace lumen voxels: label 0
     return layer, {"distractors": kinds}
 
 
@@ -250,17 +248,12 @@ def _noise(rng: np.random.Generator, image: np.ndarray, sigma: float) -> tuple[n
 
 
 def _artefacts(rng: np.random.Generator, image: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """Slice-intensity jumps (interleaved acquisition, uneven illumination) and ghosting (motion)."""
+    """The registered acquisition artefacts (k-space spikes, Gibbs ringing, sharpening, histogram shifts, ...)."""
     found = []
-    if rng.random() < 0.15:
-        axis = int(rng.integers(3))
-        gains = 1.0 + rng.uniform(0.02, 0.15) * rng.standard_normal(image.shape[axis])
-        image = image * gains.reshape([-1 if a == axis else 1 for a in range(3)]).astype(np.float32)
-        found.append("slice_gain")
-    if rng.random() < 0.1:
-        axis, shift = int(rng.integers(3)), int(rng.integers(4, max(5, image.shape[1] // 3)))
-        image = image + rng.uniform(0.1, 0.3) * np.roll(image, shift, axis=axis)
-        found.append("ghost")
+    for term in ARTEFACTS:
+        if rng.random() < term.probability:
+            image = term.apply(rng, image)
+            found.append(term.name)
     return image, found
 
 
@@ -270,12 +263,22 @@ def random_appearance(
     """Render a float32 image of the lumen ``sd`` with random background, distractors, contrast and acquisition."""
     shape = sd.shape
     background, styles = _background(rng, shape, spacing)
-    distractors, more = _distractors(rng, shape, spacing, sd)
-    vessels, hollow = _vessel_layer(rng, sd, spacing)
     dark = rng.random() < ranges.dark_vessel_probability
-    contrast = rng.uniform(*ranges.contrast) * (-1.0 if dark else 1.0)
-    # Vessels replace the tissue they occupy (partial volume), they are not added on top of it.
-    image = (background + distractors) * (1.0 - np.clip(vessels, 0, 1)) + contrast * vessels
+    invert = dark and rng.random() < ranges.inversion_probability
+    contrast = rng.uniform(*ranges.contrast) * (-1.0 if dark and not invert else 1.0)
+    distractors, more = _distractors(rng, shape, spacing, sd, contrast, ranges)
+    vessels, hollow = _vessel_layer(rng, sd, spacing)
+    tissue = background + distractors
+    background_inverted = not dark and rng.random() < ranges.background_inversion_probability
+    if background_inverted:
+        tissue = -tissue
+    # Added: contrast on top of the tissue (fluorescence over autofluorescence); else painted: vessels
+    # replace the tissue they occupy (partial volume).
+    added = rng.random() < ranges.add_probability
+    kept_tissue = tissue if added else tissue * (1.0 - np.clip(vessels, 0, 1))
+    image = kept_tissue + contrast * vessels
+    if invert:  # the whole image inverted: dark vessels on a background whose textures are inverted too
+        image = -image
     image, blur = _blur_and_resolution(rng, image, spacing)
     bias_strength = rng.uniform(0.0, 0.6)
     image = (image - image.min() + 1.0) * np.exp(bias_strength * smooth_noise(rng, shape, spacing, rng.uniform(15, 40)))
@@ -288,7 +291,9 @@ def random_appearance(
         image = ((image - lo) / max(hi - lo, 1e-6)) ** gamma
     image, artefacts = _artefacts(rng, image)
     image = image * _log_uniform(rng, 0.01, 1000.0) + rng.uniform(-1000.0, 1000.0)
-    styles.update(more, **hollow, **blur, dark_vessels=bool(dark), contrast=round(float(contrast), 2),
+    styles.update(more, **hollow, **blur, dark_vessels=bool(dark), inverted=bool(invert), added=bool(added),
+                  background_inverted=bool(background_inverted),
+                  contrast=round(float(contrast), 2),
                   snr=round(snr, 2), noise=noise, bias=round(bias_strength, 2), gamma=round(gamma, 2), artefacts=artefacts)
     return image.astype(np.float32), styles
 

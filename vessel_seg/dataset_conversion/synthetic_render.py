@@ -108,6 +108,22 @@ def vessel_distance(tree: VesselTree, shape, spacing, band: float) -> tuple[np.n
     return sd, rad
 
 
+def segments_distance(segments, shape, spacing, band: float) -> tuple[np.ndarray, np.ndarray]:
+    """Signed distance (mm, clipped at ``band``) to a union of tapered tubes, and the nearest tube's radius (mm).
+
+    ``segments`` is an iterable of ``(a, b, ra, rb)``: end points in the local frame (mm, ``z, y, x``) and
+    radii (mm) at each end. For trees from other generators (e.g. svVascularize's segment tables).
+    """
+    spacing = np.asarray(spacing, dtype=float)
+    sd = np.full(shape, band, dtype=np.float32)
+    rad = np.zeros(shape, dtype=np.float32)
+    grids = [np.arange(n) * s for n, s in zip(shape, spacing, strict=True)]
+    for a, b, ra, rb in segments:
+        _paint_capsule(sd, rad, grids, spacing, np.asarray(a, dtype=float), np.asarray(b, dtype=float),
+                       float(ra), float(rb), band)
+    return sd, rad
+
+
 def _ellipsoid_distance(grids, lo, hi, centre, rotation, semi_axes) -> np.ndarray:
     """Approximate signed distance (mm) to a rotated ellipsoid on the box ``lo:hi`` of the grid."""
     z, y, x = np.meshgrid(*(g[l:h] for g, l, h in zip(grids, lo, hi, strict=True)), indexing="ij")

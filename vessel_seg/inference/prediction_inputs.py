@@ -82,6 +82,11 @@ class PredictionOptions:
     # of the sorted case list (torchrun: WORLD_SIZE parts, this process's RANK; see case_share).
     num_parts: int = 1
     part_id: int = 0
+    # Modality-free models only: 1 (native grid), a coarser-grid factor, or "multi" (native, 2x, 4x fused by the
+    # maximum foreground probability); see vessel_seg.inference.vessel_scale.
+    vessel_scale: float | str = 1.0
+    # "bright" (as it is) or "dark" (inverted first; modality-free models only): vessel_seg.inference.vessel_polarity.
+    vessel_polarity: str = "bright"
 
 
 def case_share(num_parts: int | None, part_id: int | None, environ: dict | None = None) -> tuple[int, int]:

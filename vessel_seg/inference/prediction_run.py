@@ -47,6 +47,13 @@ from vessel_seg.inference.predictor import (
     predict_original_probabilities,
 )
 from vessel_seg.inference.provenance import ProvenanceLog, run_identity
+from vessel_seg.inference.vessel_polarity import check_vessel_polarity, oriented
+from vessel_seg.inference.vessel_scale import (
+    check_vessel_scale,
+    predict_fused_probabilities,
+    scale_factors,
+    scaled_model,
+)
 from vessel_seg.planners.preprocessing import target_spacing
 
 __all__ = ["PredictionOptions", "find_input_cases", "predict_case", "predict_cases", "predict_folder"]  # options and finder: re-exported
@@ -148,15 +155,23 @@ class _PredictedCase:
 
 def _read_case(case: InputCase, options: PredictionOptions) -> _LoadedCase:
     images, geometry = case.read()
+    preview = images[0] if options.preview else None  # the image as the user sees it, not as oriented
     # The predictor gets the only reference to the raw image, so it can free it once preprocessed
     # (one volume less at the peak); the preview keeps its own channel view.
-    return _LoadedCase([images], geometry, images[0] if options.preview else None)
+    return _LoadedCase([oriented(images, options.vessel_polarity)], geometry, preview)
 
 
 def _predict_loaded(models: Sequence[TrainedModel], case: InputCase, loaded: _LoadedCase, options: PredictionOptions) -> _PredictedCase:
     geometry, labels = loaded.geometry, models[0].label_values
     probs = None
     bridge_mm = bridging_gap_mm(options, models[0], geometry)
+    factors = scale_factors(options.vessel_scale, models[0], geometry)
+    if len(factors) > 1:
+        probs = predict_fused_probabilities(models[0], loaded.images.pop(), geometry, case.case_id, options.use_tta,
+                                            options.step_size, factors)
+        seg = labels_from_original_probabilities(probs, labels)
+        return _PredictedCase(seg, probs, geometry, loaded.preview_image, _Bridging(bridge_mm))
+    models = [scaled_model(model, factors[0]) for model in models]
     if len(models) == 1 and not options.save_probabilities:
         counts: list[int] = []
         refine = None if bridge_mm is None else _streamed_bridging(bridge_mm, counts)
@@ -294,7 +309,10 @@ def predict_cases(
     output_dir = Path(output_dir)
     check_outputs_spare_inputs(cases, output_dir, options)
     provenance = ProvenanceLog(output_dir, options.part_id, options.num_parts)
-    identity = run_identity(models, options.use_tta, options.step_size, _postprocessing_name(options))
+    check_vessel_scale(options.vessel_scale, models)
+    check_vessel_polarity(options.vessel_polarity, models)
+    identity = run_identity(models, options.use_tta, options.step_size, _postprocessing_name(options),
+                            options.vessel_scale, options.vessel_polarity)
     todo = _cases_to_predict(cases, output_dir, options.overwrite, provenance, identity)
     geometries = check_inputs(models, todo)
     needed = largest_case_output_bytes(list(geometries.values()), len(models[0].label_values), options)

@@ -32,7 +32,8 @@ def _weights_digest(network: torch.nn.Module, hasher: Any) -> None:
         hasher.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
 
 
-def run_identity(models: Sequence[Any], use_tta: bool, step_size: float, postprocessing: str) -> str:
+def run_identity(models: Sequence[Any], use_tta: bool, step_size: float, postprocessing: str,
+                 vessel_scale: float | str = 1.0, vessel_polarity: str = "bright") -> str:
     """Hex SHA-256 of what decides the masks: model folders, folds, weights (cascade stages included) and settings."""
     hasher = hashlib.sha256()
     pending = list(models)
@@ -44,6 +45,10 @@ def run_identity(models: Sequence[Any], use_tta: bool, step_size: float, postpro
         if getattr(model, "previous_stage", None) is not None:
             pending.append(model.previous_stage)
     hasher.update(f"tta={use_tta}|step={step_size:g}|post={postprocessing}".encode())
+    if str(vessel_scale) not in ("1", "1.0"):  # the native grid keeps the identities recorded before this option
+        hasher.update(f"|scale={vessel_scale}".encode())
+    if vessel_polarity != "bright":
+        hasher.update(f"|polarity={vessel_polarity}".encode())
     return hasher.hexdigest()
 
 
