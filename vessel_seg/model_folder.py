@@ -22,7 +22,22 @@ CHECKPOINT_NAMES = ("final", "best", "latest")
 _SNAPSHOT = re.compile(r"epoch\d{4,}")
 
 
+# A trainer, plans or configuration name: one path component of a model folder's name, joined into paths
+# under VS_PREPROCESSED and VS_RESULTS, so no separator, no "..", no "__" (the folder name's own separator).
+NAME_PART_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9\-]|_(?!_))*$")
+
+
+def check_name_part(value: str, flag: str) -> str:
+    """``value`` if it is a valid trainer/plans/configuration name, else a one-line :class:`VesselSegError`."""
+    if not isinstance(value, str) or len(value) > 100 or not NAME_PART_RE.match(value):
+        raise VesselSegError(f"{flag} {value!r}: a name is letters, digits, '_' and '-' (no '__', no path, at most "
+                             "100 characters), e.g. vs_plans, cpu, vsTrainer")
+    return value
+
+
 def model_dir(dataset_name: str, configuration: str, plans_name: str, trainer: str = DEFAULT_TRAINER) -> Path:
+    for value, flag in ((configuration, "-c"), (plans_name, "-pl"), (trainer, "-tr")):
+        check_name_part(value, flag)
     return results_root() / dataset_name / f"{trainer}__{plans_name}__{configuration}"
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import sys
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from vessel_seg.cli import run_cli, sleep_idle_openmp_threads
 sleep_idle_openmp_threads()  # before torch is imported below
 from vessel_seg.device import DEVICES  # noqa: E402
 from vessel_seg.errors import VesselSegError  # noqa: E402
-from vessel_seg.model_folder import DEFAULT_TRAINER, parse_fold  # noqa: E402
+from vessel_seg.model_folder import DEFAULT_TRAINER, check_name_part, parse_fold  # noqa: E402
 from vessel_seg.paths import preprocessed_root, raw_root, resolve_dataset  # noqa: E402
 from vessel_seg.planners.pipeline import DEFAULT_PLANS  # noqa: E402
 from vessel_seg.planners.plans import CONFIGURATIONS, find_plans_name  # noqa: E402
@@ -89,7 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-MODEL_PART_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9\-]|_(?!_))*$")
 
 
 def _pretrained_checkpoint(args: argparse.Namespace) -> Path | None:
@@ -149,8 +147,7 @@ def _command(args: argparse.Namespace) -> int:
     if args.num_workers is None:
         env_override()  # a bad VS_N_PROC_DA / nnUNet_n_proc_DA fails here, before any work
     pretrained = _pretrained_checkpoint(args)
-    if not MODEL_PART_RE.match(args.trainer):
-        raise VesselSegError(f"-tr {args.trainer!r}: a trainer name is letters, digits, '_' and '-' (no '__', no path)")
+    check_name_part(args.trainer, "-tr")
     job = TrainingJob(
         args.dataset, args.configuration, parse_fold(args.fold), _plans_name(args), settings,
         resume=args.resume, pretrained=pretrained, trainer_name=args.trainer, validate_only=args.validate_only,

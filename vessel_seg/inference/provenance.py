@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from vessel_seg.atomic import write_text_atomic
+from vessel_seg.file_lock import exclusive_lock
 
 PROVENANCE_FILE = ".vs_provenance.json"
 
@@ -80,7 +81,12 @@ class ProvenanceLog:
 
     def record(self, case_id: str, identity: str) -> None:
         """Note that ``case_id``'s outputs now come from ``identity`` (atomic rewrite; writer threads allowed)."""
-        with self._lock:
+        with self._lock, exclusive_lock(self.path.parent / ".vs_provenance.lock"):
+            # Another vs_predict into the same folder may have recorded cases since we read the file: merge
+            # under the folder's lock, keeping per case the newest record, so neither run's records are lost.
+            for case, (ns, other) in _read_records(self.path).items():
+                if case not in self._own or ns > self._own[case][1]:
+                    self._own[case] = [other, ns]
             ns = time.time_ns()
             self._own[case_id] = [identity, ns]
             self._cases[case_id] = (ns, identity)

@@ -11,6 +11,7 @@ from pathlib import Path
 from vessel_seg.atomic import check_writable_location
 from vessel_seg.dataset import DatasetInfo
 from vessel_seg.errors import DatasetError
+from vessel_seg.model_folder import check_name_part
 from vessel_seg.paths import preprocessed_root, raw_root, resolve_dataset
 from vessel_seg.planners.fingerprint import DatasetFingerprint, extract_fingerprint
 from vessel_seg.planners.planner import PRESETS, plan_experiment
@@ -66,6 +67,7 @@ def plan_and_preprocess(
     preprocessing skips cases that are already complete, so an interrupted run resumes. With
     ``plans_from``, that model's configurations are used instead of planning (fine-tuning it).
     """
+    check_name_part(plans_name, "-pl")  # the plans file is named after it
     name = resolve_dataset(dataset, [raw_root()])
     raw_dir = raw_root() / name
     out_dir = check_writable_location(preprocessed_root() / name)  # before the fingerprint's minutes of work

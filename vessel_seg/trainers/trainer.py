@@ -11,6 +11,7 @@ are registered by name (:mod:`vessel_seg.trainers.variants`); ``vs_train -tr NAM
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
@@ -27,6 +28,7 @@ from vessel_seg.case_store import list_cases
 from vessel_seg.checkpoint import load_checkpoint
 from vessel_seg.device import amp_dtype, preferred_memory_format
 from vessel_seg.errors import CheckpointError, TrainingError
+from vessel_seg.file_lock import hold_or_refuse
 from vessel_seg.model_folder import DEFAULT_TRAINER, snapshot_name
 from vessel_seg.networks.registry import build_network
 from vessel_seg.paths import raw_root
@@ -155,7 +157,10 @@ class Trainer:
         if dist.is_main:  # only now: a refused --pretrained or plans leaves no model folder behind
             copy_model_files(ctx)
             ctx.fold_dir.mkdir(parents=True, exist_ok=True)
-        with fold_text_log(ctx.fold_dir, enabled=dist.is_main), logging_redirect_tqdm():
+        lock = hold_or_refuse(ctx.fold_dir / ".vs_train.lock", f"{ctx.fold_dir}",
+                              "two trainings of one fold would overwrite each other's checkpoints; wait for that run "
+                              "or stop it, then resume with --continue") if dist.is_main else contextlib.nullcontext()
+        with lock, fold_text_log(ctx.fold_dir, enabled=dist.is_main), logging_redirect_tqdm():
             return self._run_in_fold(device, dist, dtype, memory_format, model, train_ids, val_ids)
 
     def _run_in_fold(self, device, dist, dtype, memory_format, model: ModelParts, train_ids, val_ids) -> TrainingResult:

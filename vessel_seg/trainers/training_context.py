@@ -9,7 +9,7 @@ from pathlib import Path
 from vessel_seg.case_store import list_cases
 from vessel_seg.dataset import DatasetInfo
 from vessel_seg.errors import DatasetError, PlansError, VesselSegError
-from vessel_seg.model_folder import DEFAULT_TRAINER, fold_name, model_dir
+from vessel_seg.model_folder import DEFAULT_TRAINER, check_name_part, fold_name, model_dir
 from vessel_seg.paths import preprocessed_root, raw_root, resolve_dataset
 from vessel_seg.planners.plans import ConfigurationPlan, Plans
 from vessel_seg.trainers.settings import TrainingSettings
@@ -33,6 +33,8 @@ class TrainingContext:
     """Resolved paths, plans and data folders of one job."""
 
     def __init__(self, job: TrainingJob):
+        check_name_part(job.plans_name, "-pl")  # joined into paths below: never '..' or a separator
+        check_name_part(job.trainer_name, "-tr")
         self.dataset_name = resolve_dataset(job.dataset, [preprocessed_root(), raw_root()])
         self.preprocessed_dir = preprocessed_root() / self.dataset_name
         self.plans = Plans.load(self.preprocessed_dir / f"{job.plans_name}.json")
