@@ -113,12 +113,25 @@ def read_seeds(path: Path) -> list[TrackingSeed]:
         entries = [seed for value in entries.values() for seed in (value if _is_seqseg_list(value) else [value])]
     if not isinstance(entries, list) or not entries:
         raise VesselSegError(f"{path}: seeds must be a non-empty JSON list of [x, y, z] points in mm")
-    return [parse_seed(entry, path) for entry in entries]
+    seeds = list(dict.fromkeys(parse_seed(entry, path) for entry in entries))  # repeated seeds trace the same tree
+    if len(seeds) < len(entries):
+        log.info("%s: %d duplicate seed(s) dropped, %d left", path, len(entries) - len(seeds), len(seeds))
+    return seeds
 
 
 def _is_seqseg_list(value) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(v, list) and len(v) == 3 and isinstance(v[0], list)
                                                            for v in value)
+
+
+def _finite_number(value) -> bool:
+    """A real, finite number that fits a float (``True`` is not a coordinate; a 400-digit integer does not fit)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def parse_seed(entry, source) -> TrackingSeed:
@@ -130,8 +143,9 @@ def parse_seed(entry, source) -> TrackingSeed:
     else:
         raise VesselSegError(f"{source}: seed {entry!r} is not [x, y, z], [x, y, z, radius] or [[x, y, z], [dx, dy, dz], r]")
     values = [*point, *([] if radius is None else [radius])]
-    if len(point) != 3 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
-        raise VesselSegError(f"{source}: seed {entry!r} must hold finite numbers")
+    if len(point) != 3 or not all(_finite_number(v) for v in values):
+        raise VesselSegError(f"{source}: seed {str(entry)[:80]} must hold finite numbers (mm), not booleans or "
+                             "out-of-range values")
     if radius is not None and radius <= 0:
         raise VesselSegError(f"{source}: seed radius {radius} must be positive (mm)")
     return TrackingSeed(tuple(float(v) for v in point), None if radius is None else float(radius))
@@ -318,8 +332,9 @@ def track_vessels(
     if queue:
         log.warning("tracking stopped after %d steps (--max-steps); %d branch end(s) left", options.max_steps, len(queue))
     tracker.result.mask = _reached_mask(tracker)
+    # the share of distinct voxels some patch covered (patches overlap: their summed voxels can exceed the image)
     log.info("tracking: %d step(s), %d branch(es), %.1f%% of the image predicted", len(tracker.result.steps),
-             tracker.result.branches, 100.0 * tracker.result.predicted_voxels / max(1, tracker.explored.size))
+             tracker.result.branches, 100.0 * np.count_nonzero(tracker.predicted) / max(1, tracker.predicted.size))
     return tracker.result
 
 
