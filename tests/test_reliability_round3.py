@@ -56,3 +56,28 @@ def test_duplicate_seeds_are_traced_once(tmp_path):
     path.write_text(json.dumps([[1.0, 2.0, 3.0]] * 1000 + [[4.0, 5.0, 6.0, 1.5]]))
     seeds = read_seeds(path)
     assert [s.point_mm for s in seeds] == [(1.0, 2.0, 3.0), (4.0, 5.0, 6.0)]
+
+
+@pytest.mark.parametrize("path, value, message", [
+    (("configurations", "3d_fullres", "batch_size"), True, "expected a number"),
+    (("configurations", "3d_fullres", "network", "features_per_stage"), [16.5, 32], "whole number"),
+    (("intensity_properties", "0", "mean"), "1e3", "expected a number"),
+    (("configurations", "3d_fullres", "normalization"), ["nonsense"], "unknown normalisation scheme 'nonsense'"),
+])
+def test_plans_values_of_the_wrong_kind_name_the_plans_file(path, value, message, tmp_path):
+    from vessel_seg.builtin import PACKAGED_DIR
+    from vessel_seg.errors import PlansError
+    from vessel_seg.planners.plans import Plans
+
+    data = json.loads((PACKAGED_DIR / "plans.json").read_text())
+    data.setdefault("intensity_properties", {}).setdefault("0", {"mean": 0.0, "std": 1.0, "percentile_00_5": -1.0,
+                                                                 "percentile_99_5": 1.0})
+    node = data
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    target = tmp_path / "plans.json"
+    target.write_text(json.dumps(data))
+    with pytest.raises(PlansError, match=message) as caught:
+        Plans.load(target)
+    assert str(target) in str(caught.value)

@@ -53,10 +53,29 @@ def _convert(tp: Any, value: Any) -> Any:
         _, vt = typing.get_args(tp) or (Any, Any)
         return {k: _convert(vt, v) for k, v in value.items()}
     if tp is float:
-        return float(value)
+        return _number(value, float)
     if tp is int:
-        return int(value)
+        return _number(value, int)
+    if tp is bool and not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {value!r}")
+    if tp is str and not isinstance(value, str):
+        raise TypeError(f"expected a string, got {value!r}")
     return value
+
+
+def _number(value: Any, kind: type) -> Any:
+    """``value`` as ``kind`` if it is a JSON number of that kind: ``true``, ``"1e3"`` or ``16.5`` for an int are refused.
+
+    Plans and fingerprints are untrusted; a silent ``int(True) == 1`` or ``int(16.5) == 16`` would build
+    something else than the file says.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected a number, got {value!r}")
+    if kind is int:
+        if isinstance(value, float) and not value.is_integer():
+            raise TypeError(f"expected a whole number, got {value!r}")
+        return int(value)
+    return float(value)
 
 
 def from_dict(cls: type[T], data: dict) -> T:

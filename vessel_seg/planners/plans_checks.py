@@ -79,6 +79,12 @@ def configuration_problem(config: ConfigurationPlan, num_channels: int) -> str:
         return f"anisotropy_threshold must be a finite number > 1, got {config.anisotropy_threshold}"
     if len(config.normalization) != num_channels:
         return f"normalization names {len(config.normalization)} scheme(s) for {num_channels} channel(s)"
+    from vessel_seg.planners.normalization import NORMALIZATIONS  # registrations (plugins included) happen at import
+
+    unknown = [name for name in config.normalization if name not in NORMALIZATIONS]
+    if unknown:
+        return (f"unknown normalisation scheme {unknown[0]!r}; use one of {', '.join(NORMALIZATIONS)} (or load the "
+                "module that registers it with VS_PLUGINS)")
     if config.spacing_mode not in ("mm", "finest_voxel"):
         return f"spacing_mode must be 'mm' or 'finest_voxel', got {config.spacing_mode!r}"
     return ""
