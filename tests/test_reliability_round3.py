@@ -81,3 +81,69 @@ def test_plans_values_of_the_wrong_kind_name_the_plans_file(path, value, message
     with pytest.raises(PlansError, match=message) as caught:
         Plans.load(target)
     assert str(target) in str(caught.value)
+
+
+def test_a_synthetic_volume_too_large_for_memory_is_refused_before_any_folder(tmp_path, capsys):
+    from vessel_seg.cli.generate_synthetic import main as generate_main
+
+    assert generate_main(["-d", "5", "--cases", "1", "--size", "100000"]) == 2
+    assert "GiB of memory" in capsys.readouterr().err
+    assert generate_main(["-d", "5", "--cases", "1", "--size", "100000", "--overwrite"]) == 2
+
+
+def test_check_memory_compares_with_what_is_available(monkeypatch):
+    from vessel_seg import resources
+    from vessel_seg.errors import VesselSegError
+
+    monkeypatch.setattr(resources, "available_memory_bytes", lambda: 2**30)
+    resources.check_memory(2**29, "half", "fine")
+    with pytest.raises(VesselSegError, match="needs about 2.0 GiB of memory, 1.0 GiB are available; smaller"):
+        resources.check_memory(2**31, "twice", "smaller")
+    assert resources.available_memory_bytes.__call__() == 2**30
+
+
+def test_evaluate_refuses_background_labels_and_no_workers(tmp_path, capsys):
+    from vessel_seg.cli.evaluate import main as evaluate_main
+
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "pred").mkdir()
+    assert evaluate_main(["-ref", str(tmp_path / "ref"), "-pred", str(tmp_path / "pred"), "-np", "0"]) == 2
+    assert evaluate_main(["-ref", str(tmp_path / "ref"), "-pred", str(tmp_path / "pred"), "--labels", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "-np 0" in err and "0 is the background" in err
+
+
+def test_evaluating_a_label_no_reference_holds_says_so(tmp_path):
+    import numpy as np
+
+    from vessel_seg.evaluation.evaluate import evaluate_folders
+    from vessel_seg.imageio import ImageGeometry, write_image
+
+    geometry = ImageGeometry(shape=(8, 8, 8), spacing=(1.0,) * 3, origin=(0.0,) * 3,
+                             direction=(1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+    mask = np.zeros((8, 8, 8), np.uint8)
+    mask[2:5, 2:5, 2:5] = 1
+    for folder in ("ref", "pred"):
+        (tmp_path / folder).mkdir()
+        write_image(mask, geometry, tmp_path / folder / "case.nii.gz")
+    result = evaluate_folders(tmp_path / "ref", tmp_path / "pred", None, labels=[7])
+    assert any("label(s) [7] occur in none of the 1 reference map(s)" in w for w in result.warnings)
+    assert not evaluate_folders(tmp_path / "ref", tmp_path / "pred", None, labels=[1]).warnings
+
+
+def test_planning_warns_when_numtraining_disagrees_with_the_cases(tmp_path, monkeypatch, caplog):
+    import logging
+
+    from vessel_seg.dataset import DatasetInfo
+    from vessel_seg.dataset_conversion.synthetic import generate_dataset
+    from vessel_seg.planners.pipeline import plan_and_preprocess
+
+    for name in ("raw", "preprocessed", "results"):
+        monkeypatch.setenv(f"VS_{name.upper()}", str(tmp_path / name))
+    folder = generate_dataset(41, 2, num_test_cases=0, size=24, seed=2)
+    info = DatasetInfo.load(folder / "dataset.json")
+    info.num_training = 10
+    info.save(folder / "dataset.json")
+    caplog.set_level(logging.WARNING)
+    plan_and_preprocess(41, ["3d_fullres"], plans_name="cpu", preprocess=False)
+    assert any("numTraining is 10 but labelsTr holds 2 case(s)" in r.getMessage() for r in caplog.records)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vessel_seg.cli import run_cli
+from vessel_seg.errors import VesselSegError
 from vessel_seg.evaluation.evaluate import evaluate_folders, format_summary_table
 from vessel_seg.evaluation.evaluate_report import write_reports
 
@@ -26,6 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _command(args: argparse.Namespace) -> int:
+    if args.num_workers < 1:
+        raise VesselSegError(f"-np {args.num_workers}: give 1 or more worker processes")
+    if args.labels is not None and min(args.labels) < 1:
+        raise VesselSegError(f"--labels {args.labels}: foreground labels are 1 or more (0 is the background)")
     out = args.o if args.o is not None else args.pred
     result = evaluate_folders(args.ref, args.pred, out, labels=args.labels, num_workers=args.num_workers)
     markdown, plot = write_reports(result, out)

@@ -17,6 +17,7 @@ many others are generated, and the same seed always gives the same files.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -39,6 +40,7 @@ from vessel_seg.errors import DatasetError
 from vessel_seg.imageio import ImageGeometry, write_image
 from vessel_seg.paths import DATASET_NAME_RE, dataset_name
 from vessel_seg.paths import raw_root as default_raw_root
+from vessel_seg.resources import check_memory
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +122,8 @@ def generate_case(
     shape = (size,) * 3 if isinstance(size, (int, np.integer)) else tuple(int(s) for s in size)
     if len(shape) != 3 or min(shape) < 8:
         raise DatasetError(f"synthetic volume size {shape} is too small: use at least 8 voxels per axis")
+    # the renderer holds about a dozen float32 volumes at once (distance, radius, noise fields, image)
+    check_memory(48.0 * math.prod(shape), f"a synthetic volume of {shape} voxels", "choose a smaller --size")
     spacing = tuple(float(s) for s in spacing)
     if len(spacing) != 3 or min(spacing) <= 0:
         raise DatasetError(f"synthetic spacing {spacing} is invalid: give three positive sizes (z, y, x) in mm")
@@ -224,6 +228,9 @@ def generate_dataset(
         raise DatasetError(f"need at least 1 training case and no negative test count, got {num_cases}/{num_test_cases}")
     if modality not in STYLES:
         raise DatasetError(f"modality {modality!r} is not supported: use one of {', '.join(STYLES)}")
+    if size < 8:
+        raise DatasetError(f"synthetic volume size {size} is too small: use at least 8 voxels per axis")
+    check_memory(48.0 * size**3, f"a synthetic volume of {size}^3 voxels", "choose a smaller --size")  # before any folder
     root = Path(raw_root) if raw_root is not None else default_raw_root()
     full_name = dataset_name(dataset_id, name)
     target = _check_target(root, full_name, dataset_id, overwrite)

@@ -80,6 +80,11 @@ def plan_and_preprocess(
             raise DatasetProblems(raw_dir, problems)
         log.info("verify: %s is consistent (%.1f s)", name, seconds["verify"])
     info = DatasetInfo.load(raw_dir / "dataset.json")
+    found = len(list((raw_dir / "labelsTr").glob(f"*{info.file_ending}")))
+    if found != info.num_training:
+        log.warning("%s: numTraining is %d but labelsTr holds %d case(s); planning uses the %d found (fix dataset.json, "
+                    "or run with --verify to see every inconsistency)", raw_dir / "dataset.json", info.num_training,
+                    found, found)
     fingerprint_path = out_dir / "fingerprint.json"
     start = time.perf_counter()
     if fingerprint_path.is_file():
