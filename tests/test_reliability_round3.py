@@ -147,3 +147,48 @@ def test_planning_warns_when_numtraining_disagrees_with_the_cases(tmp_path, monk
     caplog.set_level(logging.WARNING)
     plan_and_preprocess(41, ["3d_fullres"], plans_name="cpu", preprocess=False)
     assert any("numTraining is 10 but labelsTr holds 2 case(s)" in r.getMessage() for r in caplog.records)
+
+
+def _nifti(tmp_path, name, affine=None, pixdim=None):
+    import nibabel as nib
+    import numpy as np
+
+    image = nib.Nifti1Image(np.zeros((6, 7, 8), np.float32), np.eye(4) if affine is None else affine)
+    if pixdim is not None:
+        image.header["pixdim"][1:4] = pixdim
+    path = tmp_path / name
+    nib.save(image, str(path))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["singular", "skewed", "pixdim0"])
+def test_headers_that_are_not_a_real_geometry_are_refused_by_name(kind, tmp_path):
+    import numpy as np
+
+    from vessel_seg.errors import ImageReadError
+    from vessel_seg.imageio import read_array, read_geometry
+
+    if kind == "pixdim0":
+        import gzip
+        import struct
+
+        raw = bytearray(gzip.decompress(_nifti(tmp_path, "ok.nii.gz").read_bytes()))
+        raw[80:84] = struct.pack("<f", 0.0)  # pixdim[1]: nibabel itself would not write a 0
+        path = tmp_path / "p.nii.gz"
+        path.write_bytes(gzip.compress(bytes(raw)))
+        expected = "not positive"
+    else:
+        import SimpleITK as sitk
+
+        image = sitk.GetImageFromArray(np.zeros((6, 7, 8), np.float32))
+        matrix = (1, 0, 0, 0, 1, 0, 0, 0, 0) if kind == "singular" else (1, 0.3, 0, 0, 1, 0, 0, 0, 1)
+        path = tmp_path / "d.mha"
+        sitk.WriteImage(image, str(path))
+        text = path.read_bytes().replace(b"TransformMatrix = 1 0 0 0 1 0 0 0 1",
+                                         ("TransformMatrix = " + " ".join(map(str, matrix))).encode())
+        path.write_bytes(text)
+        expected = "determinant is 0|singular" if kind == "singular" else "not orthonormal"
+    for reader in (read_geometry, read_array):
+        with pytest.raises(ImageReadError, match=expected) as caught:
+            reader(path)
+        assert str(path) in str(caught.value)

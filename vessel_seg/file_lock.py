@@ -32,15 +32,20 @@ class Busy(VesselSegError):
 
 @contextlib.contextmanager
 def exclusive_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (created if missing) for the ``with`` block, waiting for it if needed."""
-    with open(path, "a+", encoding="utf-8") as handle:
-        if fcntl is not None:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if fcntl is not None:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    """Hold an exclusive lock on ``path`` for the ``with`` block, waiting for it if needed.
+
+    ``path`` may be a folder (Linux and macOS lock a folder's descriptor like a file's): locking an output
+    folder itself leaves no lock file among the outputs. A file is created if missing.
+    """
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(path, os.O_RDONLY) if Path(path).is_dir() else os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 @contextlib.contextmanager

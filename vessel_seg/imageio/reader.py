@@ -9,8 +9,11 @@ reject them. Every other format goes through SimpleITK. All failures raise
 
 from __future__ import annotations
 
+import gzip
 import logging
+import math
 import re
+import struct
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -44,6 +47,9 @@ def failure_reason(exc: BaseException) -> str:
     if not lines:
         return type(exc).__name__
     text = lines[-1]
+    itk_error = next((line for line in lines if "ITK ERROR:" in line), None)
+    if itk_error is not None:  # ITK's own reason sits on that line, the lines after it are matrix rows
+        text = re.sub(r"^.*ITK ERROR:\s*[\w:]*\(0x[0-9a-f]+\):\s*", "", itk_error)
     if "Unable to determine ImageIO reader" in text:
         return "not an image of this type, or corrupt"
     text = re.sub(r"^(\[\w+\]\s*)?(sitk|itk)::ERROR:\s*", "", text)
@@ -52,7 +58,29 @@ def failure_reason(exc: BaseException) -> str:
     return text[:200]
 
 
+ORTHONORMAL_TOLERANCE = 1e-3  # |D^T D - I|, as ITK's own check for writing (and rounding in headers) allows
+
+
+def _check_header_values(spacing, direction, dimension: int) -> None:
+    """``ValueError`` for spacings that are not positive and finite, and direction matrices that are not rotations
+    (singular or not orthonormal): masks written in such a geometry would not overlay the image in other tools."""
+    values = [float(s) for s in spacing]
+    if not all(math.isfinite(s) and s > 0 for s in values):
+        raise ValueError(f"voxel spacing {values} must be positive and finite (a pixdim of 0 is not 1 mm); fix the "
+                         "header's spacing")
+    matrix = np.asarray(direction, dtype=float).reshape(dimension, dimension)
+    if not np.isfinite(matrix).all() or abs(np.linalg.det(matrix)) < 1e-6:
+        raise ValueError(f"direction matrix {matrix.round(4).tolist()} is singular: the axes it gives are not "
+                         "independent; fix the header's orientation")
+    error = float(np.abs(matrix.T @ matrix - np.eye(dimension)).max())
+    if error > ORTHONORMAL_TOLERANCE:
+        raise ValueError(f"direction matrix {matrix.round(4).tolist()} is not orthonormal (off by {error:.3g}); "
+                         "its axes must be unit length and at right angles: fix the header's orientation")
+
+
 def _geometry_from_itk(size, spacing, origin, direction, dimension: int) -> ImageGeometry:
+    if dimension in (2, 3):
+        _check_header_values(spacing, direction, dimension)
     if dimension == 2:
         d = direction
         return ImageGeometry(
@@ -110,13 +138,36 @@ def _check_nifti_transforms(header: nib.Nifti1Header) -> None:
         )
 
 
+def _check_nifti_pixdim(path: Path) -> None:
+    """``ValueError`` for a zero, negative or non-finite voxel size in a NIfTI-1 header's ``pixdim``.
+
+    Read from the file's own bytes: nibabel and ITK both replace such a size by 1 (mm) on reading, so a
+    corrupt header would silently give a 1 mm image. Only the 348-byte header is read (gzip included).
+    """
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as handle:
+        raw = handle.read(348)
+    if len(raw) < 348:
+        return  # too short for a NIfTI-1 header: the readers report it
+    endian = next((e for e in "<>" if struct.unpack(f"{e}i", raw[:4])[0] == 348), None)
+    if endian is None:
+        return  # NIfTI-2 or not NIfTI: left to the readers
+    ndim = struct.unpack(f"{endian}h", raw[40:42])[0]
+    sizes = struct.unpack(f"{endian}8f", raw[76:108])[1:1 + max(0, min(ndim, 3))]
+    if any(not math.isfinite(v) or v <= 0 for v in sizes):
+        raise ValueError(f"NIfTI pixdim {[round(v, 6) for v in sizes]} holds a voxel size that is not positive (the "
+                         "readers would take it as 1 mm); set the real voxel size in the header")
+
+
 def _header_geometry(path: Path, nifti: nib.Nifti1Image | None = None) -> tuple[ImageGeometry, int]:
     """Geometry and dimension from the file header alone (SimpleITK reads no voxels here).
 
     ``nifti``: the file already opened by nibabel (lazy: header only), so its header is not read twice.
     """
     if path.name.lower().endswith((".nii", ".nii.gz")):
-        _check_nifti_transforms((nifti if nifti is not None else nib.load(str(path))).header)
+        header = (nifti if nifti is not None else nib.load(str(path))).header
+        _check_nifti_transforms(header)
+        _check_nifti_pixdim(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.ReadImageInformation()

@@ -81,7 +81,7 @@ class ProvenanceLog:
 
     def record(self, case_id: str, identity: str) -> None:
         """Note that ``case_id``'s outputs now come from ``identity`` (atomic rewrite; writer threads allowed)."""
-        with self._lock, exclusive_lock(self.path.parent / ".vs_provenance.lock"):
+        with self._lock, exclusive_lock(self.path.parent):
             # Another vs_predict into the same folder may have recorded cases since we read the file: merge
             # under the folder's lock, keeping per case the newest record, so neither run's records are lost.
             for case, (ns, other) in _read_records(self.path).items():
