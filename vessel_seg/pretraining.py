@@ -47,7 +47,10 @@ RANDOMISER_VERSION = 2  # 1: session 6 (2026-11-30); 2: registered distractors a
 # (--vessel-polarity). Why: with both polarities the model took dark fat, air and cavities in CT and MR for
 # dark vessels (dev-set tuning split, 2026-12-08: precision 0.12-0.34 on CT and MR); most angiography
 # (CTA, TOF/CE-MRA, fluorescence, OCTA) shows vessels bright.
-PRETRAIN_RANGES = RandomizationRanges(dark_vessel_probability=0.0)
+# Root radii stay at the v1 range (0.6-8 voxels): with radii to 12 voxels the foreground share of a case doubled
+# (mean 4.0 % against 2.0 %, up to 23 %) and a snapshot took large bright tissue regions for vessels (dev-set
+# tuning split, precision 0.07-0.14); wider vessels are reached by vs_predict --vessel-scale instead.
+PRETRAIN_RANGES = RandomizationRanges(dark_vessel_probability=0.0, root_radius_voxels=(0.6, 8.0))
 
 
 @dataclass(frozen=True)
@@ -206,9 +209,9 @@ def export_builtin_model(model_dir: Path, out_dir: Path, card: str, fold: str = 
 
 
 
-V1_NOTE = ("Runs with randomiser v1 (2026-11-30) drew from narrower ranges: root radius 0.8-8 voxels, distractors "
-           "only blobs, plates and small spheres kept a voxel off the lumen, no inversion or adding, and of the "
-           "artefacts only slice gain and ghosting.\n")
+V1_NOTE = ("Runs with randomiser v1 (2026-11-30) drew from narrower ranges: root radius 0.8-8 voxels, vessels also "
+           "dark (30 %), distractors only blobs, plates and small spheres kept a voxel off the lumen, no inversion or "
+           "adding, and of the artefacts only slice gain and ghosting.\n")
 
 
 def _runs_table(runs: list[PretrainingRun]) -> str:
@@ -222,7 +225,8 @@ def _runs_table(runs: list[PretrainingRun]) -> str:
 
 def model_card(*, runs: list[PretrainingRun], parameters: int, measured: str = "") -> str:
     """The built-in model's card: what it was trained on, with what budget, how it measured, and its limits."""
-    total = sum(r.iterations * r.batch for r in runs)
+    total = sum(run.iterations * run.batch for run in runs)
+    r = PRETRAIN_RANGES
     return f"""# vessel_seg built-in vessel model
 
 **What it is.** A ResU-Net (bottleneck residual blocks, {parameters / 1e6:.2f} M parameters, weights in float16)
@@ -234,13 +238,15 @@ on the user's data. It was trained only on synthetic, domain-randomised volumes.
 Predictions are resampled back to the input's own geometry.
 
 **Training data.** Cases from `vessel_seg.dataset_conversion.domain_randomization` (randomiser v2 from
-2026-12-08): 1-3 random branching trees (root radius 0.6-12 voxels, thinnest 0.4-1.2 voxels, random
-tortuosity and branching) and, in 30 % of cases, a capillary-like mesh with loops; random backgrounds and
-textures; label-0 distractors (blobs, plates, bone-like shells, small spheres, speckle; near the tree and
-far from it, often exactly as bright as the vessels); bright or dark vessels (or the whole image
-inverted), painted or added; Gaussian/Rician/Poisson noise, bias fields, anisotropic blur, thick slices,
-gamma, k-space spikes, Gibbs ringing, sharpening, histogram shifts, slice-gain and ghost artefacts.
-{V1_NOTE if any(r.randomiser == 1 for r in runs) else ""}The styles and generators of the zero-shot benchmarks were never used.
+2026-12-08, `vessel_seg.pretraining.PRETRAIN_RANGES`): 1-3 random branching trees (root radius
+{r.root_radius_voxels[0]:g}-{r.root_radius_voxels[1]:g} voxels, thinnest {r.min_radius_voxels[0]:g}-{r.min_radius_voxels[1]:g} voxels, random
+tortuosity and branching) and, in {100 * r.mesh_probability:.0f} % of cases, a capillary-like mesh with loops; random backgrounds and
+textures (inverted in {100 * r.background_inversion_probability:.0f} % of cases); label-0 distractors (blobs, plates, bone-like
+shells, small spheres, speckle; near the tree and far from it, in {100 * r.vessel_like_distractor_probability:.0f} % of draws exactly as bright
+as the vessels); *bright* vessels only (dark-vessel images are inverted at prediction: `--vessel-polarity dark`),
+painted over the tissue or added to it; Gaussian/Rician/Poisson noise, bias fields, anisotropic blur, thick
+slices, gamma, k-space spikes, Gibbs ringing, sharpening, histogram shifts, slice-gain and ghost artefacts.
+{V1_NOTE if any(run.randomiser == 1 for run in runs) else ""}The styles and generators of the zero-shot benchmarks were never used.
 
 **Runs** (each continues from the one before; {total} patches seen in all; reproduce with `vs_pretrain`,
 see docs/pretraining.md):
@@ -249,9 +255,9 @@ see docs/pretraining.md):
 
 **Measured.** {measured or "see docs/pretraining.md and docs/benchmarks.md (zero-shot and few-shot tables)."}
 
-**Limits.** Synthetic training only: no real angiogram has been seen. Vessels wider than ~12 voxels in
-radius are outside the training range: `vs_predict` estimates the vessels' scale from the image and
-predicts on a coarser grid when they are wider; vessels thinner than about half a voxel are not resolved.
+**Limits.** Synthetic training only: no real angiogram has been seen. Vessels wider than ~{r.root_radius_voxels[1]:g} voxels in
+radius are outside the training range: `vs_predict --vessel-scale multi` adds passes on 2x and 4x coarser
+grids that count only inside wide vessels; vessels thinner than about half a voxel are not resolved.
 It segments every tubular structure it sees (also airways or nerves if they look like vessels) and has a
 single foreground label. Fine-tune on labelled cases (`vs_train ... --pretrained builtin`) for clinical use.
 """
