@@ -192,3 +192,133 @@ def test_headers_that_are_not_a_real_geometry_are_refused_by_name(kind, tmp_path
         with pytest.raises(ImageReadError, match=expected) as caught:
             reader(path)
         assert str(path) in str(caught.value)
+
+
+def _model_copy(tmp_path):
+    import shutil
+
+    from vessel_seg.builtin import PACKAGED_DIR
+
+    folder = tmp_path / "vsTrainer__vs_builtin__3d_fullres"
+    shutil.copytree(PACKAGED_DIR, folder)
+    return folder
+
+
+MUTATIONS = {  # plans fields the checkpoint contradicts, generated from the shipped plans
+    "features": lambda n: n.update(features_per_stage=[f * 2 for f in n["features_per_stage"]]),
+    "blocks": lambda n: n.update(blocks_per_stage=[b + 1 for b in n["blocks_per_stage"]]),
+    "stages": lambda n: n.update(features_per_stage=n["features_per_stage"][:-1], kernel_sizes=n["kernel_sizes"][:-1],
+                                 strides=n["strides"][:-1], blocks_per_stage=n["blocks_per_stage"][:-1],
+                                 blocks_per_stage_decoder=n["blocks_per_stage_decoder"][:-1]),
+    "divisor": lambda n: n.update(bottleneck_divisor=4),
+}
+
+
+@pytest.mark.parametrize("mutation", list(MUTATIONS))
+def test_plans_that_contradict_the_checkpoint_are_one_line_before_building(mutation, tmp_path):
+    from vessel_seg.errors import CheckpointError
+    from vessel_seg.inference.predictor import load_trained_model
+
+    folder = _model_copy(tmp_path)
+    plans = json.loads((folder / "plans.json").read_text())
+    MUTATIONS[mutation](plans["configurations"]["3d_fullres"]["network"])
+    (folder / "plans.json").write_text(json.dumps(plans))
+    with pytest.raises(CheckpointError, match="do not fit the network of") as caught:
+        load_trained_model(folder, ["all"], device="cpu")
+    assert "\n" not in str(caught.value) and "plans.json" in str(caught.value)
+
+
+@pytest.mark.parametrize("field, value", [("features_per_stage", [16, 32, 64, 128, 160000]),
+                                          ("blocks_per_stage", [100000, 1, 1, 1, 1])])
+def test_absurd_network_sizes_are_refused_when_the_plans_load(field, value, tmp_path):
+    from vessel_seg.errors import PlansError
+    from vessel_seg.planners.plans import Plans
+
+    folder = _model_copy(tmp_path)
+    plans = json.loads((folder / "plans.json").read_text())
+    plans["configurations"]["3d_fullres"]["network"][field] = value
+    (folder / "plans.json").write_text(json.dumps(plans))
+    with pytest.raises(PlansError, match="at most"):
+        Plans.load(folder / "plans.json")
+
+
+def test_a_checkpoint_without_metadata_is_one_line(tmp_path):
+    from vessel_seg.checkpoint import load_checkpoint, save_checkpoint
+    from vessel_seg.errors import CheckpointError
+    from vessel_seg.inference.predictor import load_trained_model
+
+    folder = _model_copy(tmp_path)
+    path = folder / "fold_all" / "checkpoint_final.pt"
+    state = load_checkpoint(path)
+    save_checkpoint({"network_weights": state["network_weights"], "metadata": {}}, path)
+    with pytest.raises(CheckpointError, match="lacks a valid 'in_channels'"):
+        load_trained_model(folder, ["all"], device="cpu")
+
+
+def _builtin_archive(tmp_path, dataset="Dataset501_Synthetic", edit=None, drop=()):
+    """A model archive made from the shipped model's files, as vs_export_model lays them out."""
+    import zipfile
+
+    from vessel_seg.builtin import PACKAGED_DIR
+
+    folder = f"{dataset}/vsTrainer__vs_builtin__3d_fullres"
+    path = tmp_path / "model.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for name in ("plans.json", "dataset.json", "fold_all/checkpoint_final.pt"):
+            if name in drop:
+                continue
+            data = (PACKAGED_DIR / name).read_bytes()
+            if name == "plans.json" and edit is not None:
+                plans = json.loads(data)
+                edit(plans)
+                data = json.dumps(plans).encode()
+            zf.writestr(f"{folder}/{name}", data)
+    return path
+
+
+@pytest.mark.parametrize("case, message", [
+    ("os_system", "network_class must be a registered network name"),
+    ("no_plans", "has no plans.json"),
+    ("mismatch", "do not fit the network"),
+])
+def test_import_checks_the_model_folder_as_a_whole(case, message, tmp_path, monkeypatch, capsys):
+    from vessel_seg.cli.model_sharing import import_main
+
+    for name in ("raw", "preprocessed", "results"):
+        monkeypatch.setenv(f"VS_{name.upper()}", str(tmp_path / name))
+    edits = {"os_system": lambda p: p["configurations"]["3d_fullres"]["network"].update(network_class="os.system"),
+             "mismatch": lambda p: p["configurations"]["3d_fullres"]["network"].update(bottleneck_divisor=4)}
+    archive = _builtin_archive(tmp_path, edit=edits.get(case), drop=("plans.json",) if case == "no_plans" else ())
+    assert import_main([str(archive)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "results" / "Dataset501_Synthetic" / "vsTrainer__vs_builtin__3d_fullres").exists()
+
+
+def test_import_refuses_a_dataset_id_that_is_taken(tmp_path, monkeypatch, capsys):
+    from vessel_seg.cli.model_sharing import import_main
+
+    for name in ("raw", "preprocessed", "results"):
+        monkeypatch.setenv(f"VS_{name.upper()}", str(tmp_path / name))
+    (tmp_path / "raw" / "Dataset501_Synthetic").mkdir(parents=True)
+    assert import_main([str(_builtin_archive(tmp_path, dataset="Dataset501_Other"))]) == 2
+    assert "dataset id 501 is taken" in capsys.readouterr().err
+    assert import_main([str(_builtin_archive(tmp_path))]) == 0  # the same name is fine
+
+
+def test_export_refuses_links_out_of_the_model_folder(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from vessel_seg.builtin import PACKAGED_DIR
+    from vessel_seg.cli.model_sharing import export_main
+
+    for name in ("raw", "preprocessed", "results"):
+        monkeypatch.setenv(f"VS_{name.upper()}", str(tmp_path / name))
+    folder = tmp_path / "results" / "Dataset501_Synthetic" / "vsTrainer__vs_builtin__3d_fullres"
+    shutil.copytree(PACKAGED_DIR, folder)
+    (folder / "dataset.json").unlink()
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"secret": 1}')
+    (folder / "dataset.json").symlink_to(secret)
+    assert export_main(["501", "-o", str(tmp_path / "out.zip")]) == 2
+    assert "symbolic link" in capsys.readouterr().err and not (tmp_path / "out.zip").exists()

@@ -30,7 +30,7 @@ from pathlib import Path, PurePosixPath
 from vessel_seg.atomic import atomic_open
 from vessel_seg.checkpoint import load_checkpoint
 from vessel_seg.errors import CheckpointError, VesselSegError
-from vessel_seg.paths import DATASET_NAME_RE, resolve_dataset, results_root
+from vessel_seg.paths import DATASET_NAME_RE, preprocessed_root, raw_root, resolve_dataset, results_root
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,9 @@ def export_model(
             files += [fold / name for name in CHECKPOINTS if (fold / name).is_file()]
             if (fold / "validation" / "summary.json").is_file():
                 files.append(fold / "validation" / "summary.json")
+    _refuse_links(files, results_root() / dataset_name)
+    for folder in dirs:  # what import would refuse is not exported
+        validate_model_folder(folder, folder)
     if not any(f.suffix == ".pt" for f in files):
         wanted = f" for {', '.join(configurations)}" if configurations else ""
         raise VesselSegError(f"{results_root() / dataset_name}: no trained model{wanted} to export; train one with vs_train")
@@ -92,6 +95,17 @@ def export_model(
                              "permissions") from exc
     log.info("exported %d model folder(s) of %s (%d files) to %s", len(dirs), dataset_name, len(files), output_zip)
     return output_zip
+
+
+def _refuse_links(files: list[Path], root: Path) -> None:
+    """Export carries what lies inside the model folders only: a file or folder that is a symbolic link is refused."""
+    for path in files:
+        for part in [path, *path.parents]:
+            if part == root:
+                break
+            if part.is_symlink():
+                raise VesselSegError(f"{part}: is a symbolic link (to {os.readlink(part)}); vs_export_model packs only "
+                                     "files inside the model folder: replace the link by the file itself")
 
 
 def _check_entry(info: zipfile.ZipInfo, source: Path) -> PurePosixPath | None:
@@ -196,6 +210,46 @@ def _validate_recipe(path: Path, rel: PurePosixPath, source: Path) -> None:
         raise VesselSegError(f"{source}: {rel} refused ({str(exc).split(': ', 1)[-1]})") from exc
 
 
+def validate_model_folder(folder: Path, source: Path) -> None:
+    """A model folder that prediction can use: plans and dataset.json present and valid, the configuration
+    its name gives in the plans, at least one fold checkpoint, and every checkpoint's tensors those of the
+    plans' network (checked on the meta device). One-line error naming ``source`` otherwise."""
+    from vessel_seg.dataset import DatasetInfo
+    from vessel_seg.model_check import check_weights_match_plans
+    from vessel_seg.planners.plans import Plans
+
+    for required in ("plans.json", "dataset.json"):
+        if not (folder / required).is_file():
+            raise VesselSegError(f"{source}: model folder {folder.name} has no {required}; refused (export it again "
+                                 "with vs_export_model)")
+    try:
+        plans = Plans.load(folder / "plans.json")
+        config = plans.configuration(folder.name.split("__")[-1])
+        DatasetInfo.load(folder / "dataset.json")
+    except VesselSegError as exc:
+        raise VesselSegError(f"{source}: {folder.name} refused ({str(exc).split(': ', 1)[-1]})") from exc
+    checkpoints = sorted(folder.glob("fold_*/checkpoint_*.pt"))
+    if not checkpoints:
+        raise VesselSegError(f"{source}: model folder {folder.name} holds no checkpoint; refused")
+    for path in checkpoints:
+        try:
+            check_weights_match_plans(config.network, load_checkpoint(path), path.relative_to(folder.parent),
+                                      Path(folder.name) / "plans.json")
+        except VesselSegError as exc:
+            raise VesselSegError(f"{source}: {exc}; refused") from exc
+
+
+def _check_dataset_id_free(dataset_name: str, source: Path) -> None:
+    """Refuse an archive whose dataset id another dataset folder already uses (every ``-d NNN`` would be ambiguous)."""
+    dataset_id = int(DATASET_NAME_RE.match(dataset_name).group(1))
+    for root in (results_root(), raw_root(), preprocessed_root()):
+        for entry in sorted(root.iterdir()) if root.is_dir() else []:
+            match = DATASET_NAME_RE.match(entry.name)
+            if entry.is_dir() and match and int(match.group(1)) == dataset_id and entry.name != dataset_name:
+                raise VesselSegError(f"{source}: dataset id {dataset_id} is taken by {entry}; refused (rename the "
+                                     "dataset in the archive or import it where that id is free)")
+
+
 def import_model(zip_path: str | Path, overwrite: bool = False) -> list[Path]:
     """Unpack a model archive into ``VS_RESULTS``; returns the model folders (and recipe) installed.
 
@@ -220,6 +274,7 @@ def import_model(zip_path: str | Path, overwrite: bool = False) -> list[Path]:
         if len(datasets) != 1:
             raise VesselSegError(f"{zip_path}: the archive mixes datasets ({', '.join(sorted(datasets))}); refused")
         dataset_name = datasets.pop()
+        _check_dataset_id_free(dataset_name, zip_path)
         targets = sorted({rel.parts[1] for _, rel in files if len(rel.parts) > 2})
         dest_root = results_root() / dataset_name
         existing = [dest_root / t for t in targets if (dest_root / t).exists()]
@@ -250,6 +305,8 @@ def _install(
             target.parent.mkdir(parents=True, exist_ok=True)
             _extract_entry(archive, info, target, zip_path)
             _validate_file(target, rel, zip_path)
+        for name in targets:  # each model folder as a whole, as prediction will read it
+            validate_model_folder(staging / dataset_name / name, zip_path)
         installed = []
         for name in targets:
             final = dest_root / name

@@ -26,6 +26,7 @@ from vessel_seg.imageio import ImageGeometry
 from vessel_seg.inference.cascade import previous_stage_onehot, resample_for_next_stage
 from vessel_seg.inference.case_prediction import labels_from_probabilities, predict_labels, predict_probabilities
 from vessel_seg.inference.device_prediction import forward_batch_for, plan_prediction, predict_image_on_device
+from vessel_seg.model_check import check_weights_match_plans
 from vessel_seg.model_folder import checkpoint_path, fold_name
 from vessel_seg.networks.resunet import build_network
 from vessel_seg.planners.plans import ConfigurationPlan, Plans
@@ -92,8 +93,10 @@ def load_trained_model(
     configure_backends(torch_device)  # cuDNN autotuning: every tile has the same shape
     networks, mirror_axes = [], ()
     for fold in fold_list:
-        state = load_checkpoint(checkpoint_path(model_dir / fold_name(fold), checkpoint), map_location="cpu")
-        meta = state.get("metadata", {})
+        path = checkpoint_path(model_dir / fold_name(fold), checkpoint)
+        state = load_checkpoint(path, map_location="cpu")
+        check_weights_match_plans(config.network, state, path, model_dir / "plans.json")  # on the meta device first
+        meta = state["metadata"]
         network = build_network(config.network, int(meta["in_channels"]), int(meta["num_classes"]))
         network.load_state_dict(state["network_weights"])
         network.deep_supervision = False

@@ -19,6 +19,13 @@ NORMS = ("instance", "batch")  # NetworkTopology.norm values the networks build
 ALLOWED_STRIDES = (1, 2)  # per axis and stage: the decoder's transposed convolutions undo exactly these
 MAX_SPLINE_ORDER = 5  # scipy.ndimage's highest interpolation order
 MAX_BATCH_SIZE = 4096
+# Upper bounds far above any planned value (GPU plans: <= 320 features, <= 6 blocks, <= 8 stages, patches of a few
+# million voxels) that stop a hostile or mistyped plans file before it builds a network of billions of
+# parameters or a patch of tens of gigabytes.
+MAX_FEATURES = 4096
+MAX_BLOCKS = 64
+MAX_STAGES = 12
+MAX_PATCH_VOXELS = 64 * 1024**2
 
 
 def topology_problem(t: NetworkTopology) -> str:
@@ -42,6 +49,10 @@ def topology_problem(t: NetworkTopology) -> str:
         return f"strides[0] must be all ones (the first stage keeps full resolution), got {t.strides[0]}"
     if min(t.features_per_stage) < 1 or min(t.blocks_per_stage + t.blocks_per_stage_decoder, default=1) < 1:
         return "features and block counts must be positive"
+    if n > MAX_STAGES or max(t.features_per_stage) > MAX_FEATURES or max(
+            t.blocks_per_stage + t.blocks_per_stage_decoder, default=1) > MAX_BLOCKS:
+        return (f"at most {MAX_STAGES} stages, {MAX_FEATURES} features and {MAX_BLOCKS} blocks per stage, got "
+                f"{n} stages, features {t.features_per_stage}, blocks {t.blocks_per_stage}")
     if t.bottleneck_divisor < 1 or t.min_bottleneck_features < 1:
         return "bottleneck_divisor and min_bottleneck_features must be positive"
     if t.norm not in NORMS:
@@ -67,6 +78,8 @@ def configuration_problem(config: ConfigurationPlan, num_channels: int) -> str:
         return f"spacing must hold {dim} positive finite values (mm), got {config.spacing}"
     if len(config.patch_size) != dim or any(p < 1 for p in config.patch_size):
         return f"patch_size must hold {dim} positive values, got {config.patch_size}"
+    if math.prod(config.patch_size) > MAX_PATCH_VOXELS:
+        return f"patch_size {config.patch_size} holds more than {MAX_PATCH_VOXELS} voxels"
     divisors = [math.prod(s[axis] for s in config.network.strides) for axis in range(dim)]
     if any(p % d for p, d in zip(config.patch_size, divisors, strict=True)):
         return f"patch_size {config.patch_size} must be divisible by the strides' product {divisors} per axis"
