@@ -322,3 +322,62 @@ def test_export_refuses_links_out_of_the_model_folder(tmp_path, monkeypatch, cap
     (folder / "dataset.json").symlink_to(secret)
     assert export_main(["501", "-o", str(tmp_path / "out.zip")]) == 2
     assert "symbolic link" in capsys.readouterr().err and not (tmp_path / "out.zip").exists()
+
+
+def _write_dicom(folder, slices=range(6), series=lambda z: "1.2.3.4"):
+    import numpy as np
+    import SimpleITK as sitk
+
+    folder.mkdir(parents=True, exist_ok=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for z in slices:
+        plane = np.full((5, 6), z * 10, np.int16)
+        image = sitk.GetImageFromArray(plane)
+        image.SetSpacing((0.7, 0.8))
+        for tag, value in {"0008|0060": "CT", "0020|000d": "1.2.3", "0020|000e": series(z), "0020|0013": str(z + 1),
+                           "0020|0032": f"10\\-20\\{30 + 2.5 * z:.4f}", "0020|0037": "1\\0\\0\\0\\1\\0",
+                           "0028|0030": "0.8\\0.7", "0018|0050": "2.5"}.items():
+            image.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"s{z:03d}.dcm"))
+        writer.Execute(image)
+    return folder
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("two_series", "holds 2 DICOM series"),
+    ("uid_per_file", "DICOM series"),
+    ("gap", "unevenly spaced"),
+])
+def test_dicom_folders_that_are_not_one_whole_series_are_refused(kind, message, tmp_path):
+    from vessel_seg.errors import ImageReadError
+    from vessel_seg.imageio.reader import read_dicom_series
+
+    if kind == "two_series":
+        folder = _write_dicom(tmp_path / "d", series=lambda z: "1.2.3.4" if z < 3 else "1.2.3.5")
+    elif kind == "uid_per_file":
+        folder = _write_dicom(tmp_path / "d", series=lambda z: f"1.2.3.{z + 10}")
+    else:
+        folder = _write_dicom(tmp_path / "d", slices=[0, 1, 2, 4, 5])
+    with pytest.raises(ImageReadError, match=message) as caught:
+        read_dicom_series(folder)
+    assert str(folder) in str(caught.value) and "\n" not in str(caught.value)
+    whole = _write_dicom(tmp_path / "ok")
+    array, geometry = read_dicom_series(whole)
+    assert array.shape == (6, 5, 6) and abs(geometry.spacing[0] - 2.5) < 1e-6
+
+
+def test_any_parser_failure_of_a_dicom_folder_is_one_line(tmp_path, monkeypatch):
+    import SimpleITK as sitk
+
+    from vessel_seg.errors import ImageReadError
+    from vessel_seg.imageio.reader import read_dicom_series
+
+    folder = _write_dicom(tmp_path / "d")
+
+    def explode(self):
+        raise ValueError("multi-component voxels")  # what an RGB series raised before
+
+    monkeypatch.setattr(sitk.ImageSeriesReader, "Execute", explode)
+    with pytest.raises(ImageReadError, match="cannot read DICOM series"):
+        read_dicom_series(folder)

@@ -300,29 +300,67 @@ def _check_float32_range(path: Path, data: np.ndarray) -> None:
 
 
 def read_dicom_series(folder: str | Path) -> tuple[np.ndarray, ImageGeometry]:
-    """Read the largest DICOM series in ``folder`` as a ``(Z, Y, X)`` array."""
+    """Read the one DICOM series in ``folder`` as a ``(Z, Y, X)`` array.
+
+    Refused in one line (:class:`ImageReadError`): several series in one folder (they are listed), a series of
+    single files that each carry their own series UID, slices missing or unevenly spaced, and anything a
+    parser raises (RGB series, damaged files).
+    """
     folder = Path(folder)
     native: list[str] = []
     try:
         with _library_output() as native:
             data, geometry = _read_series(folder)
-    except RuntimeError as exc:
-        reason = _with_library_output(str(exc).strip()[:200], native)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any parser failure on an untrusted folder is the folder's problem
+        reason = _with_library_output(failure_reason(exc), native)
         raise ImageReadError(f"{folder}: cannot read DICOM series ({reason})") from exc
     for line in native:
         log.debug("%s: %s", folder, line)
     return data, geometry
 
 
+MAX_SLICE_GAP_RATIO = 1.5  # a gap this many times the median slice distance means missing slices
+
+
 def _read_series(folder: Path) -> tuple[np.ndarray, ImageGeometry]:
-    """The largest series in ``folder`` (ImageReadError when there is none)."""
+    """The one series in ``folder`` (ImageReadError when there is none, or several, or slices are missing)."""
     series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ()
     if not series_ids:
         raise ImageReadError(f"{folder}: no DICOM series found in this folder")
-    files = max((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids), key=len)
+    if len(series_ids) > 1:
+        sizes = {sid: len(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid)) for sid in series_ids}
+        listed = ", ".join(f"{sid} ({n} file(s))" for sid, n in sorted(sizes.items(), key=lambda kv: -kv[1])[:5])
+        raise ImageReadError(f"{folder}: holds {len(series_ids)} DICOM series ({listed}{', ...' if len(sizes) > 5 else ''});"
+                             " put each series in its own folder")
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_ids[0])
+    _check_slice_positions(folder, files)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     return _read_itk(reader.Execute())
+
+
+def _check_slice_positions(folder: Path, files) -> None:
+    """Slices must be evenly spaced along the series' normal: a gap means missing files, uneven steps a broken series."""
+    if len(files) < 3:
+        return
+    origins, normal = [], None
+    for name in files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(name)
+        reader.ReadImageInformation()
+        origins.append(reader.GetOrigin())
+        normal = np.asarray(reader.GetDirection()).reshape(3, 3)[:, 2] if normal is None else normal
+    steps = np.diff(np.sort(np.asarray(origins) @ normal))
+    median = float(np.median(steps))
+    if median <= 1e-6:
+        raise ImageReadError(f"{folder}: {len(files)} DICOM files share one slice position; put each series in its "
+                             "own folder (or the files are copies)")
+    worst = int(np.argmax(steps))
+    if steps[worst] > MAX_SLICE_GAP_RATIO * median or steps.min() < median / MAX_SLICE_GAP_RATIO:
+        raise ImageReadError(f"{folder}: slices are unevenly spaced ({steps[worst]:.3g} mm after slice {worst + 1} of "
+                             f"{len(files)}, {median:.3g} mm typically): slices are missing or the series is broken")
 
 
 def read_image(paths: str | Path | Sequence[str | Path]) -> tuple[np.ndarray, ImageGeometry]:
