@@ -381,3 +381,20 @@ def test_any_parser_failure_of_a_dicom_folder_is_one_line(tmp_path, monkeypatch)
     monkeypatch.setattr(sitk.ImageSeriesReader, "Execute", explode)
     with pytest.raises(ImageReadError, match="cannot read DICOM series"):
         read_dicom_series(folder)
+
+
+def test_a_header_too_large_for_memory_is_refused_before_decompression(tmp_path, monkeypatch):
+    import gzip
+    import struct
+
+    from vessel_seg import resources
+    from vessel_seg.errors import ImageReadError
+    from vessel_seg.imageio import read_array
+
+    raw = bytearray(gzip.decompress(_nifti(tmp_path, "small.nii.gz").read_bytes()))
+    raw[40:56] = struct.pack("<8h", 3, 3000, 3000, 3000, 1, 1, 1, 1)  # dim: a 3000^3 volume, by the header
+    bomb = tmp_path / "bomb.nii.gz"
+    bomb.write_bytes(gzip.compress(bytes(raw)))  # the voxels are not there at all: nothing must try to read them
+    monkeypatch.setattr(resources, "available_memory_bytes", lambda: 8 * 2**30)
+    with pytest.raises(ImageReadError, match="3000x3000x3000 voxels, by its header.*GiB of memory"):
+        read_array(bomb)

@@ -23,10 +23,11 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from vessel_seg.errors import ImageReadError
+from vessel_seg.errors import ImageReadError, VesselSegError
 from vessel_seg.imageio.formats import SUPPORTED_EXTENSIONS, image_extension
 from vessel_seg.imageio.geometry import ImageGeometry
 from vessel_seg.imageio.native_output import native_stderr_captured
+from vessel_seg.resources import check_memory
 
 log = logging.getLogger(__name__)
 
@@ -224,9 +225,21 @@ def read_geometry(path: str | Path) -> ImageGeometry:
     return geometry
 
 
+# Bytes per voxel a read may hold at once: the stored values (up to 8 bytes) plus the float32 copy made for
+# prediction or training. Checked against free memory from the header, before anything is decompressed.
+READ_BYTES_PER_VOXEL = 12
+
+
+def _check_room_for(path: Path, geometry: ImageGeometry) -> None:
+    voxels = math.prod(geometry.shape)
+    check_memory(READ_BYTES_PER_VOXEL * voxels, f"{path} ({'x'.join(map(str, geometry.shape))} voxels, by its header)",
+                 "free memory, or crop or downsample the image first")
+
+
 def _read_nifti(path: Path) -> tuple[np.ndarray, ImageGeometry]:
     image = nib.load(str(path))
     geometry, dim = _header_geometry(path, image)
+    _check_room_for(path, geometry)  # a 3000^3 header or a gzip bomb stops here, before decompression
     data = np.asanyarray(image.dataobj)
     data = data.reshape(data.shape[:dim]).T  # nibabel indexes (i, j, k); arrays here are (k, j, i)
     return np.ascontiguousarray(data.reshape(geometry.shape)), geometry
@@ -265,7 +278,10 @@ def read_array(path: str | Path, allow_nonfinite: bool = False) -> tuple[np.ndar
             if ext in (".nii", ".nii.gz"):
                 data, geometry = _read_nifti(path)
             else:
+                _check_room_for(path, _header_geometry(path)[0])
                 data, geometry = _read_itk(sitk.ReadImage(str(path)))
+    except VesselSegError as exc:
+        raise ImageReadError(str(exc)) from exc
     except Exception as exc:  # noqa: BLE001 - any parser failure on an untrusted file is the file's problem
         raise ImageReadError(
             f"{path}: cannot read image ({_with_library_output(failure_reason(exc), native)}); "
