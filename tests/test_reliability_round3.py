@@ -398,3 +398,73 @@ def test_a_header_too_large_for_memory_is_refused_before_decompression(tmp_path,
     monkeypatch.setattr(resources, "available_memory_bytes", lambda: 8 * 2**30)
     with pytest.raises(ImageReadError, match="3000x3000x3000 voxels, by its header.*GiB of memory"):
         read_array(bomb)
+
+
+BOUNDARIES = {  # where untrusted data enters, and the dependency call that reads it there
+    "image": ("nibabel", "load"),
+    "plans": ("vessel_seg.planners.plans", "read_json"),
+    "checkpoint": ("torch", "load"),
+    "dataset": ("vessel_seg.dataset.DatasetInfo", "from_json"),
+}
+EXCEPTIONS = [ValueError, KeyError, IndexError, RuntimeError, OverflowError, TypeError, AttributeError,
+              ZeroDivisionError, MemoryError, UnicodeDecodeError, NotImplementedError, OSError]
+
+
+def _raise(kind):
+    def boom(*args, **kwargs):
+        if kind is UnicodeDecodeError:
+            raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "injected")
+        raise kind("injected failure")
+    return boom
+
+
+@pytest.fixture(scope="module")
+def one_image(tmp_path_factory):
+    import numpy as np
+
+    from vessel_seg.imageio import ImageGeometry, write_image
+
+    folder = tmp_path_factory.mktemp("img")
+    geometry = ImageGeometry(shape=(24, 24, 24), spacing=(1.0,) * 3, origin=(0.0,) * 3,
+                             direction=(1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+    write_image(np.random.default_rng(0).normal(size=(24, 24, 24)).astype(np.float32), geometry,
+                folder / "case_0000.nii.gz")
+    return folder
+
+
+def test_random_dependency_failures_at_every_boundary_are_one_line_naming_the_file(one_image, tmp_path_factory):
+    import importlib
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from vessel_seg.cli.predict import main as predict_main
+
+    seen: set = set()
+
+    @settings(max_examples=24, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(boundary=st.sampled_from(sorted(BOUNDARIES)), kind=st.sampled_from(EXCEPTIONS))
+    def check(boundary, kind):
+        module_name, attribute = BOUNDARIES[boundary]
+        owner_name, _, cls = module_name.rpartition(".") if module_name.endswith("DatasetInfo") else (module_name, "", "")
+        owner = importlib.import_module(owner_name)
+        target = getattr(owner, cls) if cls else owner
+        out = tmp_path_factory.mktemp("out")
+        with pytest.MonkeyPatch.context() as mp:
+            mp.delenv("VS_BUILTIN_MODEL", raising=False)
+            mp.setattr(target, attribute, _raise(kind))
+            import contextlib
+            import io
+
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err):
+                rc = predict_main(["-i", str(one_image), "-o", str(out), "--model", "builtin", "--disable-tta"])
+        lines = [line for line in err.getvalue().splitlines() if line.startswith("error:")]
+        assert rc == 2, (boundary, kind, err.getvalue()[-500:])
+        assert len(lines) == 1 and "Traceback" not in err.getvalue(), err.getvalue()[-500:]
+        assert "/" in lines[0], lines[0]  # names the file it could not use
+        assert not any(out.glob("*.nii.gz"))
+        seen.add((boundary, lines[0].split(":")[1][:60]))
+
+    check()
+    assert {boundary for boundary, _ in seen} == set(BOUNDARIES), seen  # every boundary was reached and failed

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +52,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{path}: refused to load, the file holds objects other than tensors (possibly code); "
             "only load checkpoints you trust, saved by vessel_seg"
         ) from exc
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
-        raise CheckpointError(f"{path}: checkpoint is damaged or truncated ({str(exc).splitlines()[0][:160]})") from exc
+    except Exception as exc:  # noqa: BLE001 - whatever a damaged or foreign file makes the loader raise is the file's
+        first = (str(exc).splitlines() or [""])[0][:160]
+        raise CheckpointError(f"{path}: checkpoint is damaged, truncated or not a checkpoint ({type(exc).__name__}: "
+                              f"{first}); export or train the model again") from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not a vessel_seg checkpoint (expected a dictionary of tensors)")
     return state

@@ -116,7 +116,15 @@ class DatasetInfo:
             data = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DatasetError(f"{path}: not valid JSON ({exc}); fix the syntax") from exc
-        return cls.from_json(data, str(path))
+        except Exception as exc:  # noqa: BLE001 - an unreadable file (permissions, device errors) is the file's problem
+            raise DatasetError(f"{path}: cannot read dataset.json ({type(exc).__name__}: {str(exc)[:160]})") from exc
+        try:
+            return cls.from_json(data, str(path))
+        except DatasetError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - values of an untrusted file
+            raise DatasetError(f"{path}: invalid dataset.json ({type(exc).__name__}: {str(exc)[:160]}); fix the "
+                               "values (nnU-Net v2 format)") from exc
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vessel_seg.errors import PlansError
+from vessel_seg.errors import PlansError, VesselSegError
 from vessel_seg.planners.plans_checks import plans_problem
 from vessel_seg.serialization import from_dict, read_json, write_json_atomic
 
@@ -137,8 +137,11 @@ class Plans:
             raise PlansError(f"{path}: plans not found; run vs_plan_and_preprocess first")
         try:
             plans = from_dict(cls, read_json(path))
-        except (ValueError, TypeError, KeyError, OverflowError, AttributeError) as exc:
-            raise PlansError(f"{path}: invalid plans file ({exc}); re-run vs_plan_and_preprocess") from exc
+        except VesselSegError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a plans file is untrusted: any failure to parse it is the file's
+            raise PlansError(f"{path}: invalid plans file ({type(exc).__name__}: {str(exc)[:160]}); re-run "
+                             "vs_plan_and_preprocess") from exc
         problem = plans_problem(plans)
         if problem:
             raise PlansError(f"{path}: {problem}; fix the value or re-run vs_plan_and_preprocess")
