@@ -468,3 +468,32 @@ def test_random_dependency_failures_at_every_boundary_are_one_line_naming_the_fi
 
     check()
     assert {boundary for boundary, _ in seen} == set(BOUNDARIES), seen  # every boundary was reached and failed
+
+
+def test_a_dataset_folder_with_a_bad_name_is_named_not_skipped(tmp_path):
+    from vessel_seg.errors import DatasetError
+    from vessel_seg.paths import resolve_dataset
+
+    (tmp_path / "Dataset614_Uni códe spaces").mkdir()
+    with pytest.raises(DatasetError, match="Dataset614_Uni códe spaces: looks like dataset 614"):
+        resolve_dataset(614, [tmp_path])
+    with pytest.raises(DatasetError, match="no dataset with id 615"):
+        resolve_dataset(615, [tmp_path])
+
+
+def test_a_2d_case_in_a_3d_dataset_is_refused_by_name(tmp_path, monkeypatch):
+    import numpy as np
+    import SimpleITK as sitk
+
+    from vessel_seg.dataset_conversion.synthetic import generate_dataset
+    from vessel_seg.errors import DatasetError
+    from vessel_seg.planners.fingerprint import extract_fingerprint
+
+    folder = generate_dataset(42, 3, num_test_cases=0, size=24, seed=2, raw_root=tmp_path)
+    flat = np.zeros((32, 32), np.float32)
+    label = np.zeros((32, 32), np.uint8)
+    label[10:14, :] = 1
+    sitk.WriteImage(sitk.GetImageFromArray(flat), str(folder / "imagesTr" / "synth_001_0000.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(label), str(folder / "labelsTr" / "synth_001.nii.gz"))
+    with pytest.raises(DatasetError, match="'synth_001' is a 2D image .* in a dataset of 3D volumes"):
+        extract_fingerprint(folder)

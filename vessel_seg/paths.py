@@ -77,6 +77,13 @@ def _candidates(dataset_id: int, roots: list[Path]) -> set[str]:
     return found
 
 
+def _misnamed(dataset_id: int, roots: list[Path]) -> list[Path]:
+    """Folders that start like dataset ``dataset_id`` (``Dataset614...``) but do not match the name pattern."""
+    prefix = f"Dataset{dataset_id:03d}"
+    return sorted(entry for root in roots if root.is_dir() for entry in root.iterdir()
+                  if entry.is_dir() and entry.name.startswith(prefix) and not DATASET_NAME_RE.match(entry.name))
+
+
 def resolve_dataset(identifier: str | int, roots: list[Path] | None = None) -> str:
     """Turn ``501``, ``"501"``, ``"Dataset501"`` or ``"Dataset501_Synthetic"`` into the full name.
 
@@ -97,6 +104,12 @@ def resolve_dataset(identifier: str | int, roots: list[Path] | None = None) -> s
     found = _candidates(int(digits), roots)
     if not found:
         searched = ", ".join(str(r) for r in roots)
+        near = _misnamed(int(digits), roots)
+        if near:
+            raise DatasetError(
+                f"{near[0]}: looks like dataset {int(digits)} but its name does not follow DatasetNNN_Name (Name: "
+                "letters, digits, '_' and '-'; no spaces or accents); rename the folder"
+            )
         raise DatasetError(
             f"no dataset with id {int(digits)} found in {searched}: check VS_RAW / VS_PREPROCESSED / "
             "VS_RESULTS or create it (e.g. vs_generate_synthetic)"

@@ -229,6 +229,12 @@ def check_case_spacings(fingerprint: DatasetFingerprint, raw_dataset_dir: Path) 
     Planning and preprocessing resample every case to about the median spacing; one case at 20 mm
     among 0.5 mm cases would be blown up hundreds of times (minutes of planning, absurd batches).
     """
+    flat = [c for c in fingerprint.cases if c.shape[0] == 1]
+    if flat and len(flat) < len(fingerprint.cases):  # a 2D image among 3D volumes (or the other way round)
+        raise DatasetError(
+            f"{raw_dataset_dir / 'imagesTr'}: case {flat[0].case_id!r} is a 2D image ({flat[0].shape[1]}x"
+            f"{flat[0].shape[2]}) in a dataset of 3D volumes; a dataset is all 2D or all 3D: remove or replace it"
+        )
     median = fingerprint.median_spacing
     for case in fingerprint.cases:
         problem = resampling_problem(case.shape_after_crop, case.spacing, median)
