@@ -497,3 +497,25 @@ def test_a_2d_case_in_a_3d_dataset_is_refused_by_name(tmp_path, monkeypatch):
     sitk.WriteImage(sitk.GetImageFromArray(label), str(folder / "labelsTr" / "synth_001.nii.gz"))
     with pytest.raises(DatasetError, match="'synth_001' is a 2D image .* in a dataset of 3D volumes"):
         extract_fingerprint(folder)
+
+
+def test_an_absurd_plans_spacing_is_blamed_on_the_plans_not_the_image(tmp_path):
+    from dataclasses import replace
+
+    from training_helpers import threshold_model
+
+    from vessel_seg.errors import ImageReadError, PlansError
+    from vessel_seg.imageio import ImageGeometry
+    from vessel_seg.inference.prediction_inputs import check_resampling
+
+    model = threshold_model()
+    model.plans.original_median_spacing = [1.0, 1.0, 1.0]
+    geometry = ImageGeometry(shape=(64, 64, 64), spacing=(1.0,) * 3, origin=(0.0,) * 3,
+                             direction=(1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+    check_resampling(tmp_path / "x.nii.gz", geometry, [model])  # a sane pair passes
+    bad_plans = replace(model, config=replace(model.config, spacing=[1e-4, 1e-4, 1e-4]))
+    with pytest.raises(PlansError, match="plans.json: configuration .* far finer than"):
+        check_resampling(tmp_path / "x.nii.gz", geometry, [bad_plans])
+    bad_header = replace(geometry, spacing=(1000.0, 1000.0, 1000.0))
+    with pytest.raises(ImageReadError, match="check the spacing in the header"):
+        check_resampling(tmp_path / "x.nii.gz", bad_header, [model])

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from vessel_seg.atomic import check_writable_location
-from vessel_seg.errors import DatasetError, ImageReadError, ImageWriteError, VesselSegError
+from vessel_seg.errors import DatasetError, ImageReadError, ImageWriteError, PlansError, VesselSegError
 from vessel_seg.imageio import (
     ImageGeometry,
     image_extension,
@@ -209,8 +209,23 @@ def check_resampling(path: Path, geometry: ImageGeometry, models: Sequence[Train
     for model in models:
         target = target_spacing(model.config, geometry.spacing, geometry.shape)
         problem = resampling_problem(geometry.shape, geometry.spacing, target)
+        if problem and _plans_spacing_implausible(model):
+            raise PlansError(f"{model.model_dir / 'plans.json'}: configuration {model.config.name!r} asks for spacing "
+                             f"{model.config.spacing} mm, far finer than the {model.plans.original_median_spacing} mm "
+                             f"of the data it was planned from ({problem}); fix the plans or re-run vs_plan_and_preprocess")
         if problem:
             raise ImageReadError(f"{path}: {problem}, the spacing of model {model.name}; check the spacing in the header")
+
+
+PLANS_SPACING_RATIO = 10.0  # a planned spacing this many times finer than the data's median is the plans' mistake
+
+
+def _plans_spacing_implausible(model: TrainedModel) -> bool:
+    """The plans' own spacing (mm plans only) is far finer than the median spacing of the data they were made for."""
+    median = model.plans.original_median_spacing
+    if model.config.spacing_mode != "mm" or len(median) != len(model.config.spacing):
+        return False
+    return any(m > PLANS_SPACING_RATIO * s for m, s in zip(median, model.config.spacing, strict=True))
 
 
 def check_output_location(folder: str | Path) -> Path:
