@@ -204,14 +204,26 @@ def _model_copy(tmp_path):
     return folder
 
 
-MUTATIONS = {  # plans fields the checkpoint contradicts, generated from the shipped plans
-    "features": lambda n: n.update(features_per_stage=[f * 2 for f in n["features_per_stage"]]),
-    "blocks": lambda n: n.update(blocks_per_stage=[b + 1 for b in n["blocks_per_stage"]]),
-    "stages": lambda n: n.update(features_per_stage=n["features_per_stage"][:-1], kernel_sizes=n["kernel_sizes"][:-1],
-                                 strides=n["strides"][:-1], blocks_per_stage=n["blocks_per_stage"][:-1],
-                                 blocks_per_stage_decoder=n["blocks_per_stage_decoder"][:-1]),
-    "divisor": lambda n: n.update(bottleneck_divisor=4),
-}
+def _generated_mutations() -> dict:
+    """Every way of contradicting the checkpoint through one value of the shipped plans' network: each stage's
+    features doubled, each encoder/decoder block count raised, the bottleneck divisor changed, a stage dropped."""
+    from vessel_seg.builtin import PACKAGED_DIR
+
+    network = json.loads((PACKAGED_DIR / "plans.json").read_text())["configurations"]["3d_fullres"]["network"]
+    mutations = {}
+    for field, change in (("features_per_stage", lambda v: v * 2), ("blocks_per_stage", lambda v: v + 1),
+                          ("blocks_per_stage_decoder", lambda v: v + 1)):
+        for index in range(len(network[field])):
+            def mutate(n, field=field, index=index, change=change):
+                n[field][index] = change(n[field][index])
+            mutations[f"{field}[{index}]"] = mutate
+    mutations["bottleneck_divisor"] = lambda n: n.update(bottleneck_divisor=n["bottleneck_divisor"] * 2)
+    per_stage = ("features_per_stage", "kernel_sizes", "strides", "blocks_per_stage")
+    mutations["one stage fewer"] = lambda n: n.update({k: n[k][:-1] for k in (*per_stage, "blocks_per_stage_decoder")})
+    return mutations
+
+
+MUTATIONS = _generated_mutations()
 
 
 @pytest.mark.parametrize("mutation", list(MUTATIONS))
@@ -519,3 +531,25 @@ def test_an_absurd_plans_spacing_is_blamed_on_the_plans_not_the_image(tmp_path):
     bad_header = replace(geometry, spacing=(1000.0, 1000.0, 1000.0))
     with pytest.raises(ImageReadError, match="check the spacing in the header"):
         check_resampling(tmp_path / "x.nii.gz", bad_header, [model])
+
+
+@pytest.mark.parametrize("kind", [ValueError, RuntimeError, MemoryError, IndexError, OSError])
+@pytest.mark.parametrize("cli", ["evaluate", "plan"])
+def test_other_clis_turn_reader_failures_into_one_line(cli, kind, tmp_path, monkeypatch, capsys):
+    import nibabel
+
+    from vessel_seg.cli.evaluate import main as evaluate_main
+    from vessel_seg.cli.plan_and_preprocess import main as plan_main
+    from vessel_seg.dataset_conversion.synthetic import generate_dataset
+
+    for name in ("raw", "preprocessed", "results"):
+        monkeypatch.setenv(f"VS_{name.upper()}", str(tmp_path / name))
+    folder = generate_dataset(43, 2, num_test_cases=1, size=16, seed=2)
+    monkeypatch.setattr(nibabel, "load", _raise(kind))
+    if cli == "evaluate":
+        rc = evaluate_main(["-ref", str(folder / "labelsTs"), "-pred", str(folder / "labelsTs"), "-o", str(tmp_path / "e")])
+    else:
+        rc = plan_main(["-d", "43", "-pl", "cpu", "-np", "1"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert rc == 2 and len(lines) == 1 and "Traceback" not in err and ".nii.gz" in lines[0], err[-400:]

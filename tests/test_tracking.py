@@ -125,6 +125,11 @@ def test_track_cases_writes_the_outputs_of_full_volume_prediction(tmp_path):
     assert geometry.mismatch(GEOMETRY) is None and _centreline_capture(mask, tree) >= 0.95
     graph = json.loads((tmp_path / "out" / "tree_centerline.json").read_text())
     assert graph["nodes"] and graph["branches"]
+    from vessel_seg.inference.provenance import ProvenanceLog, run_identity
+
+    record = ProvenanceLog(tmp_path / "out")  # tracking leaves a record; a full-volume run would not reuse the mask
+    assert "tree" in record._cases
+    assert not record.made_by("tree", run_identity([threshold_model(order=1)], False, 0.5, "default"))
     write_image(_image(tree)[0], GEOMETRY, folder / "other_0000.nii.gz")
     with pytest.raises(VesselSegError, match="one image"):
         track_cases([threshold_model(order=1)], folder, tmp_path / "out2", [ROOT], options)

@@ -393,4 +393,10 @@ def track_cases(
     with _one_line_os_errors(case, output_dir):
         _write_case(model.label_values, case, predicted, output_dir, replace(options, postprocess=False,
                                                                             save_probabilities=False))
+        # The record says tracking made this mask (seeds and step limit included), so a later full-volume run into
+        # the same folder predicts the case again instead of keeping a traced mask.
+        seeds_text = ";".join(f"{s.point_mm}/{s.radius_mm}" for s in seeds)
+        identity = run_identity(models[:1], options.use_tta, options.step_size,
+                                f"tracking seeds={seeds_text} max_steps={max_steps}")
+        ProvenanceLog(output_dir).record(case.case_id, identity)
     return {case.case_id: time.perf_counter() - start}
