@@ -65,6 +65,7 @@ def test_duplicate_seeds_are_traced_once(tmp_path):
     (("configurations", "3d_fullres", "normalization"), ["nonsense"], "unknown normalisation scheme 'nonsense'"),
 ])
 def test_plans_values_of_the_wrong_kind_name_the_plans_file(path, value, message, tmp_path):
+    import vessel_seg.planners.normalization  # noqa: F401 - registers the schemes the plans may name
     from vessel_seg.builtin import PACKAGED_DIR
     from vessel_seg.errors import PlansError
     from vessel_seg.planners.plans import Plans

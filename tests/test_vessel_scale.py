@@ -134,3 +134,12 @@ def test_dark_polarity_inverts_the_image_and_is_for_modality_free_models_only(bu
     a, _ = read_array(tmp_path / "out_b" / "tube.nii.gz")
     b, _ = read_array(tmp_path / "out_d" / "tube.nii.gz")
     assert a.any() and np.array_equal(a, b)
+
+
+def test_auto_means_multi_for_the_builtin_model_only(builtin):
+    from dataclasses import replace
+
+    assert vs.resolve_auto("auto", [builtin]) == vs.AUTO_MODALITY_FREE
+    mm = replace(builtin, config=replace(builtin.config, spacing_mode="mm"))
+    assert vs.resolve_auto("auto", [mm]) == 1.0 and vs.resolve_auto("auto", [builtin, builtin]) == 1.0
+    assert vs.resolve_auto("2", [mm]) == 2.0  # an explicit value is kept (and refused later for mm models)

@@ -34,9 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-pl", "-p", dest="plans", default=None, help="plans name (default: any, if unambiguous)")
     parser.add_argument("-tr", dest="trainer", default=None, help="trainer name (default: any, if unambiguous)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    parser.add_argument("--vessel-scale", default="1", metavar="1|F|multi",
+    parser.add_argument("--vessel-scale", default="auto", metavar="auto|1|F|multi",
                         help="modality-free models (--model builtin): also predict on coarser grids where vessels are "
-                        "wider than it was trained on; 'multi' fuses the native, 2x and 4x grids (default 1: native)")
+                        "wider than it was trained on; 'multi' fuses the native, 2x and 4x grids; 1: native only "
+                        "(default auto: multi for the built-in model, 1 for trained models)")
     parser.add_argument("--vessel-polarity", default="bright", metavar="bright|dark",
                         help="--model builtin segments bright vessels; 'dark' inverts images whose vessels are darker "
                         "than their surroundings (black-blood MR, bright-field microscopy) first")
@@ -100,7 +101,7 @@ def _command(args: argparse.Namespace) -> int:
     )
     from vessel_seg.inference.prediction_run import predict_cases
     from vessel_seg.inference.predictor import load_trained_model
-    from vessel_seg.inference.vessel_scale import parse_vessel_scale
+    from vessel_seg.inference.vessel_scale import resolve_auto
     from vessel_seg.model_folder import parse_fold
 
     step_size = check_step_size(args.step_size)
@@ -122,7 +123,7 @@ def _command(args: argparse.Namespace) -> int:
         use_tta=not args.disable_tta, overwrite=args.overwrite, save_probabilities=args.save_probabilities,
         mesh=args.mesh, centerline=args.centerline, preview=args.preview, recipe=recipe, step_size=step_size,
         postprocess=not args.no_postprocessing, num_parts=num_parts, part_id=part_id,
-        vessel_scale=parse_vessel_scale(args.vessel_scale), vessel_polarity=args.vessel_polarity,
+        vessel_scale=resolve_auto(args.vessel_scale, models), vessel_polarity=args.vessel_polarity,
     )
     seeds = _tracking_seeds(args)
     if seeds:

@@ -27,7 +27,7 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
-from vessel_seg.atomic import atomic_open
+from vessel_seg.atomic import atomic_open, check_writable_location
 from vessel_seg.checkpoint import load_checkpoint
 from vessel_seg.errors import CheckpointError, VesselSegError
 from vessel_seg.paths import DATASET_NAME_RE, preprocessed_root, raw_root, resolve_dataset, results_root
@@ -68,6 +68,7 @@ def export_model(
     Returns the path of the zip, written atomically. Raises :class:`VesselSegError` when nothing matches.
     """
     dataset_name = resolve_dataset(dataset)
+    check_writable_location(Path(output_zip).parent, "choose another -o")  # before reading any model file
     dirs = _model_dirs(dataset_name, configurations, plans_name)
     files: list[Path] = []
     for folder in dirs:

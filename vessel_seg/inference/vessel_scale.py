@@ -12,8 +12,9 @@ is trusted only for what the native pass cannot see, and thin vessels keep the n
 split, 2026-12-08). Coarse passes cost 1/8 and 1/64 of the native one.
 
 ``vessel_scale`` (``vs_predict --vessel-scale``): ``1`` (native grid only), a number ``f >= 1`` (one
-pass on a grid ``f`` times coarser) or ``multi`` (native, 2x and 4x, fused by the maximum; factors
-that would leave fewer than :data:`MIN_COARSE_VOXELS` voxels along an axis are skipped).
+pass on a grid ``f`` times coarser) or ``multi`` (native, 2x and 4x, fused as described; factors
+that would leave fewer than :data:`MIN_COARSE_VOXELS` voxels along an axis are skipped); ``auto`` (the
+CLI's default) is :data:`AUTO_MODALITY_FREE` for a modality-free model and ``1`` for any other.
 """
 
 from __future__ import annotations
@@ -37,6 +38,19 @@ MIN_COARSE_VOXELS = 24  # a coarser grid must keep at least this many voxels alo
 WIDE_RADIUS_VOXELS = 8.0
 
 
+# What ``--vessel-scale auto`` (the default) means: modality-free models alone get AUTO_MODALITY_FREE, every other
+# model (and ensembles) the native grid. Chosen on the dev sets' tuning split (docs/pretraining.md).
+AUTO_MODALITY_FREE: str | float = "multi"
+
+
+def resolve_auto(value: object, models) -> str | float:
+    """``value`` with ``auto`` replaced by what it means for ``models`` (see :data:`AUTO_MODALITY_FREE`)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        free = len(models) == 1 and all(m.config.spacing_mode == "finest_voxel" for m in models)
+        return AUTO_MODALITY_FREE if free else 1.0
+    return parse_vessel_scale(value)
+
+
 def parse_vessel_scale(value: object) -> str | float:
     """``"multi"`` or a factor ``>= 1`` (float), else a one-line :class:`VesselSegError`."""
     if isinstance(value, str) and value.strip().lower() == "multi":
@@ -46,7 +60,7 @@ def parse_vessel_scale(value: object) -> str | float:
     except (TypeError, ValueError):
         factor = math.nan
     if not math.isfinite(factor) or not 1.0 <= factor <= 16.0:
-        raise VesselSegError(f"--vessel-scale {value!r}: give 'multi' or a factor from 1 to 16 (1: the native grid)")
+        raise VesselSegError(f"--vessel-scale {value!r}: give auto, multi or a factor from 1 to 16 (1: the native grid)")
     return factor
 
 

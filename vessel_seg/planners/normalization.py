@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vessel_seg.errors import PlansError
+from vessel_seg.planners import plans_checks
 from vessel_seg.planners.plans import ChannelIntensity
 from vessel_seg.registry import Registry
 
@@ -59,6 +60,7 @@ class NormalizationScheme:
 
 
 NORMALIZATIONS: Registry[NormalizationScheme] = Registry("normalisation scheme")
+plans_checks.normalization_names = lambda: list(NORMALIZATIONS)  # plans name their schemes; checked on load
 
 
 def register_normalization(

@@ -9,12 +9,16 @@ fine) so that the caller names the file and the fix.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from vessel_seg.planners.plans import ConfigurationPlan, NetworkTopology, Plans
 
-NORMS = ("instance", "batch")  # NetworkTopology.norm values the networks build
+NORMS = ("instance", "batch")
+# The registered normalisation schemes; set by vessel_seg.planners.normalization when it is imported (it imports the
+# plans module, so it cannot be imported from here: registration by injection, not an import circle).
+normalization_names: Callable[[], Iterable[str]] | None = None  # NetworkTopology.norm values the networks build
 
 ALLOWED_STRIDES = (1, 2)  # per axis and stage: the decoder's transposed convolutions undo exactly these
 MAX_SPLINE_ORDER = 5  # scipy.ndimage's highest interpolation order
@@ -92,12 +96,11 @@ def configuration_problem(config: ConfigurationPlan, num_channels: int) -> str:
         return f"anisotropy_threshold must be a finite number > 1, got {config.anisotropy_threshold}"
     if len(config.normalization) != num_channels:
         return f"normalization names {len(config.normalization)} scheme(s) for {num_channels} channel(s)"
-    from vessel_seg.planners.normalization import NORMALIZATIONS  # registrations (plugins included) happen at import
-
-    unknown = [name for name in config.normalization if name not in NORMALIZATIONS]
+    known = list(normalization_names()) if normalization_names is not None else None
+    unknown = [name for name in config.normalization if known is not None and name not in known]
     if unknown:
-        return (f"unknown normalisation scheme {unknown[0]!r}; use one of {', '.join(NORMALIZATIONS)} (or load the "
-                "module that registers it with VS_PLUGINS)")
+        return (f"unknown normalisation scheme {unknown[0]!r}; use one of {', '.join(known)} (or load the module "
+                "that registers it with VS_PLUGINS)")
     if config.spacing_mode not in ("mm", "finest_voxel"):
         return f"spacing_mode must be 'mm' or 'finest_voxel', got {config.spacing_mode!r}"
     return ""
