@@ -8,11 +8,13 @@ plans file edited or swapped under a checkpoint fails in one line naming both, b
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from vessel_seg.errors import CheckpointError
+from vessel_seg.resources import check_memory
 
 MAX_LISTED = 3  # mismatching tensors named in the error line
 
@@ -42,6 +44,9 @@ def check_weights_match_plans(topology, state: Mapping[str, Any], path: Path, pl
         raise CheckpointError(f"{path}: holds no network weights; export or train the model again")
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in build_network(topology, in_channels, num_classes).state_dict().items()}
+    parameters = sum(math.prod(shape) for shape in expected.values())
+    check_memory(4.0 * parameters, f"the network of {plans_path} ({parameters / 1e6:,.1f} M parameters)",
+                 "use plans with a smaller network")
     found = {k: tuple(v.shape) for k, v in weights.items() if hasattr(v, "shape")}
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
