@@ -31,11 +31,11 @@ def dataset(tmp_path_factory):
     return base, {**os.environ, **env, "OMP_NUM_THREADS": "1"}
 
 
-def _fold(base: Path, fold: int = 0) -> Path:
+def _fold(base: Path, fold: int | str = 0) -> Path:
     return base / "results" / "Dataset031_Synthetic" / "vsTrainer__cpu__3d_fullres" / f"fold_{fold}"
 
 
-def _train(env, *extra, epochs: int = 40, fold: int = 0) -> subprocess.Popen:
+def _train(env, *extra, epochs: int = 40, fold: int | str = 0) -> subprocess.Popen:
     argv = [sys.executable, "-m", "vessel_seg.cli.train", "31", "3d_fullres", str(fold), "-pl", "cpu", "--epochs", str(epochs),
             "--iterations-per-epoch", "3", "--val-iterations", "1", "--num-workers", "2", "--no-final-validation", *extra]
     return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -177,3 +177,23 @@ def test_a_second_training_of_the_same_fold_is_refused_naming_the_first(dataset)
     assert second.returncode == 2, err
     line = [x for x in err.splitlines() if x.startswith("error:")]
     assert len(line) == 1 and f"process {first.pid}" in line[0] and "fold_3" in line[0]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_trainer_whose_workers_are_all_killed_ends_in_one_line(dataset, sig):
+    base, env = dataset
+    fold = _fold(base, "all")
+    for name in ("training_log.jsonl",):  # each parameter starts a fresh run in fold "all"
+        (fold / name).unlink(missing_ok=True)
+    process = _train(env, fold="all")
+    _wait_for_epochs(fold, 1, process)
+    deadline = time.monotonic() + 30
+    while len(_children(process.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in _children(process.pid):
+        os.kill(pid, sig)
+    _, err = process.communicate(timeout=90)  # it used to hang for ever draining a half-written queue
+    assert process.returncode == 2, err[-800:]
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "data-loading worker failed" in lines[0], err[-800:]

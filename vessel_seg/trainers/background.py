@@ -162,7 +162,24 @@ class _StopSurvivorsOnFailure:
             for process in self._processes:
                 if process.is_alive():
                     process.terminate()
+            for process in self._processes:
+                process.join(timeout=1.0)
+            self._abandon_queues()
         super()._finish(timeout=timeout, force=force)
+
+    def _abandon_queues(self) -> None:
+        """Close the worker queues without reading them: a worker killed halfway through a put leaves a truncated
+        message in the pipe, and draining it (batchgenerators' shutdown does) blocks forever on the missing bytes
+        (seen: a trainer whose workers were all killed by SIGTERM hung in that read)."""
+        queues = [q for q in [getattr(self, "_queue", None), *getattr(self, "_queues", [])] if q is not None]
+        for queue in queues:
+            with contextlib.suppress(Exception):
+                queue.cancel_join_thread()
+                queue.close()
+        if getattr(self, "_queue", None) is not None:
+            self._queue = None
+        if getattr(self, "_queues", None):
+            self._queues = []
 
 
 class _OrderedAugmenter(_StopSurvivorsOnFailure, MultiThreadedAugmenter):
