@@ -136,7 +136,7 @@ def test_dark_polarity_inverts_the_image_and_is_for_modality_free_models_only(bu
     assert a.any() and np.array_equal(a, b)
 
 
-def test_auto_means_multi_for_the_builtin_model_only(builtin):
+def test_auto_resolves_for_modality_free_models_only(builtin):
     from dataclasses import replace
 
     assert vs.resolve_auto("auto", [builtin]) == vs.AUTO_MODALITY_FREE

@@ -209,11 +209,26 @@ def export_builtin_model(model_dir: Path, out_dir: Path, card: str, fold: str = 
 
 
 
-V1_NOTE = ("Runs with randomiser v1 (2026-11-30) drew from narrower ranges: root radius 0.8-8 voxels, vessels also "
-           "dark (30 %), distractors only blobs, plates and small spheres kept a voxel off the lumen, no inversion or "
-           "adding, and of the artefacts only slice gain and ghosting.\n")
+def _training_data(runs: list[PretrainingRun]) -> str:
+    """The training-data paragraph for the randomiser versions the runs used (each version described once)."""
+    versions = sorted({run.randomiser for run in runs})
+    return " ".join(V2_TEXT.format(r=PRETRAIN_RANGES) if v == 2 else V1_TEXT for v in versions if v in (1, 2))
 
 
+V1_TEXT = ("Randomiser v1 (2026-11-30): cases from `vessel_seg.dataset_conversion.domain_randomization` with 1-3 "
+           "random branching trees (root radius 0.8-8 voxels, thinnest 0.4-1.2 voxels, random tortuosity and "
+           "branching) and, in 30 % of cases, a capillary-like mesh with loops; random backgrounds, textures and "
+           "non-vessel distractors (blobs, plates, small spheres) kept a voxel off the lumen; bright or (30 %) dark "
+           "vessels; Gaussian/Rician/Poisson noise, bias fields, anisotropic blur, thick slices, gamma, slice-gain and "
+           "ghost artefacts.\n")
+V2_TEXT = ("Randomiser v2 (2026-12-08, `vessel_seg.pretraining.PRETRAIN_RANGES`): 1-3 random branching trees (root "
+           "radius {r.root_radius_voxels[0]:g}-{r.root_radius_voxels[1]:g} voxels, thinnest {r.min_radius_voxels[0]:g}-"
+           "{r.min_radius_voxels[1]:g} voxels) and, in {r.mesh_probability:.0%} of cases, a capillary-like mesh; "
+           "backgrounds and textures (inverted in {r.background_inversion_probability:.0%} of cases); label-0 "
+           "distractors (blobs, plates, bone-like shells, small spheres, speckle; near the tree and far from it, in "
+           "{r.vessel_like_distractor_probability:.0%} of draws as bright as the vessels); bright vessels only, painted "
+           "or added; noise, bias, blur, thick slices, gamma, k-space spikes, Gibbs ringing, sharpening, histogram "
+           "shifts, slice-gain and ghost artefacts.\n")
 def _runs_table(runs: list[PretrainingRun]) -> str:
     lines = ["| # | date | machine | randomiser | cases (seed) | iterations x batch | patch | wall time | started from |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -237,16 +252,8 @@ on the user's data. It was trained only on synthetic, domain-randomised volumes.
 (`spacing_mode = finest_voxel`), each channel is clipped to its 0.5/99.5 percentiles and z-scored.
 Predictions are resampled back to the input's own geometry.
 
-**Training data.** Cases from `vessel_seg.dataset_conversion.domain_randomization` (randomiser v2 from
-2026-12-08, `vessel_seg.pretraining.PRETRAIN_RANGES`): 1-3 random branching trees (root radius
-{r.root_radius_voxels[0]:g}-{r.root_radius_voxels[1]:g} voxels, thinnest {r.min_radius_voxels[0]:g}-{r.min_radius_voxels[1]:g} voxels, random
-tortuosity and branching) and, in {100 * r.mesh_probability:.0f} % of cases, a capillary-like mesh with loops; random backgrounds and
-textures (inverted in {100 * r.background_inversion_probability:.0f} % of cases); label-0 distractors (blobs, plates, bone-like
-shells, small spheres, speckle; near the tree and far from it, in {100 * r.vessel_like_distractor_probability:.0f} % of draws exactly as bright
-as the vessels); *bright* vessels only (dark-vessel images are inverted at prediction: `--vessel-polarity dark`),
-painted over the tissue or added to it; Gaussian/Rician/Poisson noise, bias fields, anisotropic blur, thick
-slices, gamma, k-space spikes, Gibbs ringing, sharpening, histogram shifts, slice-gain and ghost artefacts.
-{V1_NOTE if any(run.randomiser == 1 for run in runs) else ""}The styles and generators of the zero-shot benchmarks were never used.
+**Training data.** {_training_data(runs)}
+The styles and generators of the zero-shot benchmarks were never used.
 
 **Runs** (each continues from the one before; {total} patches seen in all; reproduce with `vs_pretrain`,
 see docs/pretraining.md):

@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vessel-scale", default="auto", metavar="auto|1|F|multi",
                         help="modality-free models (--model builtin): also predict on coarser grids where vessels are "
                         "wider than it was trained on; 'multi' fuses the native, 2x and 4x grids; 1: native only "
-                        "(default auto: multi for the built-in model, 1 for trained models)")
+                        "(default auto: the native grid, as measured best for the shipped model)")
     parser.add_argument("--vessel-polarity", default="bright", metavar="bright|dark",
                         help="--model builtin segments bright vessels; 'dark' inverts images whose vessels are darker "
                         "than their surroundings (black-blood MR, bright-field microscopy) first")

@@ -39,8 +39,10 @@ WIDE_RADIUS_VOXELS = 8.0
 
 
 # What ``--vessel-scale auto`` (the default) means: modality-free models alone get AUTO_MODALITY_FREE, every other
-# model (and ensembles) the native grid. Chosen on the dev sets' tuning split (docs/pretraining.md).
-AUTO_MODALITY_FREE: str | float = "multi"
+# model (and ensembles) the native grid. Chosen on the dev sets' tuning split (2026-12-08, docs/pretraining.md): with
+# the shipped model, multi raised the aorta-sized sets (CT 0.146 -> 0.201 Dice) but cost the thin-vessel sets more
+# (MR 0.403 -> 0.160: its coarse passes take the MR fat shell for a wide vessel), so auto stays on the native grid.
+AUTO_MODALITY_FREE: str | float = 1.0
 
 
 def resolve_auto(value: object, models) -> str | float:
