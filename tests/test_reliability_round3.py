@@ -554,3 +554,20 @@ def test_other_clis_turn_reader_failures_into_one_line(cli, kind, tmp_path, monk
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert rc == 2 and len(lines) == 1 and "Traceback" not in err and ".nii.gz" in lines[0], err[-400:]
+
+
+@pytest.mark.parametrize("bad", ["../../x", "/etc/passwd", "best/../../y"])
+def test_checkpoint_names_are_checked_too(bad, one_image, tmp_path, monkeypatch, capsys):
+    from vessel_seg.cli.predict import main as predict_main
+
+    monkeypatch.delenv("VS_BUILTIN_MODEL", raising=False)
+    for name in ("raw", "preprocessed", "results"):
+        monkeypatch.setenv(f"VS_{name.upper()}", str(tmp_path / name))
+    import shutil
+
+    from vessel_seg.builtin import PACKAGED_DIR
+
+    shutil.copytree(PACKAGED_DIR, tmp_path / "results" / "Dataset501_S" / "vsTrainer__vs_builtin__3d_fullres")
+    assert predict_main(["-i", str(one_image), "-o", str(tmp_path / "o"), "-d", "501", "-chk", bad]) == 2
+    err = capsys.readouterr().err
+    assert "is not valid: use one of" in err and "Traceback" not in err

@@ -73,6 +73,7 @@ def load_trained_model(
     Raises :class:`CheckpointError` naming the fold and the model folder when a fold was never trained.
     """
     model_dir = Path(model_dir)
+    checkpoint_path(model_dir, checkpoint)  # the name is checked (final/best/latest/epochNNNN) before it is globbed
     if not (model_dir / "plans.json").is_file():
         raise VesselSegError(f"{model_dir}: not a trained model folder (no plans.json); train with vs_train first")
     plans = Plans.load(model_dir / "plans.json")
