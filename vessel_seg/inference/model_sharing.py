@@ -23,7 +23,6 @@ import re
 import stat
 import tempfile
 import zipfile
-import zlib
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
@@ -173,12 +172,15 @@ def _extract_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path
                     raise VesselSegError(f"{source}: entry {info.filename!r} holds more than its declared "
                                          f"{info.file_size} bytes; refused")
                 dst.write(chunk)
-    except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError) as exc:
-        raise VesselSegError(f"{source}: entry {info.filename!r} is damaged ({exc}); refused") from exc
+    except VesselSegError:
+        raise
     except OSError as exc:
         raise VesselSegError(
             f"{target.parent}: cannot unpack {info.filename!r} ({exc.strerror or exc}); check free space and permissions"
         ) from exc
+    except Exception as exc:  # noqa: BLE001 - zipfile, zlib and codecs raise many types on a damaged archive
+        raise VesselSegError(f"{source}: entry {info.filename!r} is damaged ({type(exc).__name__}: "
+                             f"{str(exc)[:120]}); refused") from exc
 
 
 def _validate_file(path: Path, rel: PurePosixPath, source: Path) -> None:
@@ -261,8 +263,9 @@ def import_model(zip_path: str | Path, overwrite: bool = False) -> list[Path]:
         raise VesselSegError(f"{zip_path}: model archive not found")
     try:
         archive = zipfile.ZipFile(zip_path)
-    except (zipfile.BadZipFile, OSError, NotImplementedError, ValueError, RuntimeError, EOFError) as exc:
-        raise VesselSegError(f"{zip_path}: not a valid zip archive ({exc}); export it again with vs_export_model") from exc
+    except Exception as exc:  # noqa: BLE001 - an untrusted archive: whatever zipfile raises means it is not a valid one
+        raise VesselSegError(f"{zip_path}: not a valid zip archive ({type(exc).__name__}: {str(exc)[:120]}); export it "
+                             "again with vs_export_model") from exc
     with archive:
         infos = archive.infolist()
         if len(infos) > MAX_ENTRIES:
