@@ -39,12 +39,12 @@ def test_parse_refuses_other_values_in_one_line(bad):
         vs.parse_vessel_scale(bad)
 
 
-def test_multi_skips_factors_that_leave_too_few_voxels(builtin):
+def test_multi_skips_factors_that_leave_too_few_voxels():
     small = ImageGeometry(shape=(30, 60, 200), spacing=(1.0,) * 3, origin=(0.0,) * 3, direction=(1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
-    assert vs.scale_factors("multi", builtin, small) == [1.0]
+    assert vs.scale_factors("multi", small) == [1.0]
     large = ImageGeometry(shape=(100, 200, 200), spacing=(1.0,) * 3, origin=(0.0,) * 3, direction=small.direction)
-    assert vs.scale_factors("multi", builtin, large) == [1.0, 2.0, 4.0]
-    assert vs.scale_factors(3, builtin, small) == [3.0]
+    assert vs.scale_factors("multi", large) == [1.0, 2.0, 4.0]
+    assert vs.scale_factors(3, small) == [3.0]
 
 
 def test_a_scaled_model_predicts_on_a_coarser_grid_with_the_same_networks(builtin):

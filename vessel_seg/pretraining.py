@@ -14,6 +14,7 @@ Three resumable steps (``vs_pretrain`` runs them in order; each skips work alrea
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -117,14 +118,12 @@ def generate_randomized_dataset(
     todo = [k for k in range(num_cases) if not (staging / "labelsTr" / f"rand_{k:04d}{FILE_ENDING}").is_file()]
     # (the label is written last: a case with a label was written whole by an earlier run)
     write = functools.partial(_write_randomized_case, staging, seed, ranges)
-    if num_workers > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(min(num_workers, len(todo)), mp_context=get_context("spawn")) as pool:
-            for done, _ in enumerate(pool.map(write, todo, chunksize=4), 1):
-                if done % 50 == 0:
-                    log.info("pretraining data: %d/%d cases (%.1f s)", done, len(todo), time.perf_counter() - start)
-    else:
-        for done, k in enumerate(todo, 1):
-            write(k)
+    with contextlib.ExitStack() as stack:
+        written = map(write, todo)
+        if num_workers > 1 and len(todo) > 1:
+            pool = stack.enter_context(ProcessPoolExecutor(min(num_workers, len(todo)), mp_context=get_context("spawn")))
+            written = pool.map(write, todo, chunksize=4)
+        for done, _ in enumerate(written, 1):
             if done % 50 == 0:
                 log.info("pretraining data: %d/%d cases (%.1f s)", done, len(todo), time.perf_counter() - start)
     DatasetInfo(

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from vessel_seg.dataset_conversion.synthetic_render import smooth_noise
+from vessel_seg.dataset_conversion.synthetic_render import ellipsoid_distance, smooth_noise
 
 
 @dataclass(frozen=True)
@@ -72,13 +72,6 @@ def _box(centre: np.ndarray, reach: float, shape, spacing) -> tuple[np.ndarray, 
     return None if np.any(hi <= lo) else (lo, hi)
 
 
-def _ellipsoid_sd(grids, lo, hi, centre, axes, rotation) -> np.ndarray:
-    """Approximate signed distance (voxel units) to a rotated ellipsoid on the box ``lo:hi``."""
-    z, y, x = np.meshgrid(*(g[a:b] for g, a, b in zip(grids, lo, hi, strict=True)), indexing="ij")
-    rel = np.stack([z - centre[0], y - centre[1], x - centre[2]], axis=-1) @ rotation
-    return (np.linalg.norm(rel / axes, axis=-1) - 1.0) * axes.min()
-
-
 def ellipsoids(rng: np.random.Generator, shape, spacing, sd: np.ndarray, count: int,
                size: tuple[float, float], shell: tuple[float, float] | None = None,
                thin: tuple[float, float] | None = None) -> np.ndarray:
@@ -100,7 +93,7 @@ def ellipsoids(rng: np.random.Generator, shape, spacing, sd: np.ndarray, count: 
         if box is None:
             continue
         lo, hi = box
-        dist = _ellipsoid_sd(grids, lo, hi, centre, axes, rotation)
+        dist = ellipsoid_distance(grids, lo, hi, centre, rotation, axes)
         value = np.clip(0.5 - dist, 0, 1)
         if shell is not None:
             thickness = rng.uniform(*shell)

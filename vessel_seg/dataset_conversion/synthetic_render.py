@@ -124,7 +124,7 @@ def segments_distance(segments, shape, spacing, band: float) -> tuple[np.ndarray
     return sd, rad
 
 
-def _ellipsoid_distance(grids, lo, hi, centre, rotation, semi_axes) -> np.ndarray:
+def ellipsoid_distance(grids, lo, hi, centre, rotation, semi_axes) -> np.ndarray:
     """Approximate signed distance (mm) to a rotated ellipsoid on the box ``lo:hi`` of the grid."""
     z, y, x = np.meshgrid(*(g[l:h] for g, l, h in zip(grids, lo, hi, strict=True)), indexing="ij")
     rel = np.stack([z - centre[0], y - centre[1], x - centre[2]], axis=-1) @ rotation
@@ -186,7 +186,7 @@ def blob_fraction(blobs: list[Blob], shape, spacing) -> tuple[np.ndarray, np.nda
         hi = np.minimum(np.ceil((blob.centre + reach) / spacing).astype(int) + 1, shape)
         if np.any(hi <= lo):
             continue
-        sd = _ellipsoid_distance(grids, lo, hi, blob.centre, blob.rotation, blob.semi_axes)
+        sd = ellipsoid_distance(grids, lo, hi, blob.centre, blob.rotation, blob.semi_axes)
         box = tuple(slice(l, h) for l, h in zip(lo, hi, strict=True))
         np.maximum(frac[box], np.clip(0.5 - sd / width, 0, 1), out=frac[box])
         np.maximum(rim[box], np.clip(1.0 + sd, 0, 1) * (sd < width), out=rim[box])

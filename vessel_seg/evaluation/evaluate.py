@@ -207,17 +207,17 @@ def evaluate_folders(
     wanted = sorted({int(v) for v in labels}) if labels is not None else None
     results = _run_jobs([(case, ref, pred, wanted, realign) for case, ref, pred in cases], num_workers)
     seen = {label for _, ref_labels, _, _ in results for label in ref_labels}
-    label_warnings = []
+    warnings: list[str] = []
     if wanted is None:
         wanted = sorted(seen) or [1]
     elif missing := [label for label in wanted if label not in seen]:
         warning = (f"label(s) {missing} occur in none of the {len(cases)} reference map(s) in {ref_dir} (found: "
                    f"{sorted(seen) or 'none'}); their scores only say whether the predictions are empty too")
         logger.warning(warning)
-        label_warnings.append(warning)
+        warnings.append(warning)
     # A label absent from both masks of a case was not computed; both-empty scores are constants.
     empty = binary_metrics(np.zeros((1, 1, 1), bool), np.zeros((1, 1, 1), bool))
-    rows, warnings = [], label_warnings
+    rows = []
     for case, _, metrics, warning in results:
         if warning:
             logger.warning(warning)

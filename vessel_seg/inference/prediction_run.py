@@ -165,7 +165,7 @@ def _predict_loaded(models: Sequence[TrainedModel], case: InputCase, loaded: _Lo
     geometry, labels = loaded.geometry, models[0].label_values
     probs = None
     bridge_mm = bridging_gap_mm(options, models[0], geometry)
-    factors = scale_factors(options.vessel_scale, models[0], geometry)
+    factors = scale_factors(options.vessel_scale, geometry)
     if len(factors) > 1:
         probs = predict_fused_probabilities(models[0], loaded.images.pop(), geometry, case.case_id, options.use_tta,
                                             options.step_size, factors)
@@ -381,6 +381,7 @@ def track_cases(
     if len(cases) != 1:
         raise VesselSegError(f"{input_path}: tracking follows seeds in one image, found {len(cases)} cases; give one image")
     check_inputs(models, cases)
+    check_vessel_polarity(options.vessel_polarity, models)
     output_dir = Path(output_dir)
     check_outputs_spare_inputs(cases, output_dir, options)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -66,17 +66,16 @@ def parse_vessel_scale(value: object) -> str | float:
     return factor
 
 
-def scale_factors(vessel_scale: str | float, model: TrainedModel, geometry: ImageGeometry) -> list[float]:
-    """The grid factors to predict ``geometry`` at (``[1.0]``: the usual single native pass)."""
+def scale_factors(vessel_scale: str | float, geometry: ImageGeometry) -> list[float]:
+    """The grid factors to predict ``geometry`` at (``[1.0]``: the usual single native pass).
+
+    Whether the model may take them at all is :func:`check_vessel_scale`'s job, done once per run.
+    """
     scale = parse_vessel_scale(vessel_scale)
     if scale != "multi":
-        factors = [float(scale)]
-    else:
-        extents = [n for n in geometry.shape if n > 1]
-        factors = [f for f in MULTI_FACTORS if f == 1.0 or min(extents) / f >= MIN_COARSE_VOXELS]
-    if factors != [1.0]:
-        check_vessel_scale(scale, [model])
-    return factors
+        return [float(scale)]
+    extents = [n for n in geometry.shape if n > 1]
+    return [f for f in MULTI_FACTORS if f == 1.0 or min(extents) / f >= MIN_COARSE_VOXELS]
 
 
 def check_vessel_scale(vessel_scale: str | float, models) -> None:
